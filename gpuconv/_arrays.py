@@ -1,0 +1,88 @@
+"""Which library an argument comes from, and how to hand a result back as the same kind of array.
+
+NumPy arrays run on the CPU backend and CuPy arrays on the CUDA backend. Any other array that speaks
+DLPack (a PyTorch tensor, a JAX array) is viewed zero-copy as a NumPy array (host memory) or a CuPy
+array (CUDA memory) and the result is converted back to the caller's library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
+
+
+@dataclass(frozen=True)
+class ArrayKind:
+    """Where an array lives: ``backend`` is ``"cpu"`` or ``"cuda"``; ``library`` names its Python library."""
+
+    backend: str
+    library: str
+    device: int = 0
+
+    def describe(self) -> str:
+        where = "CPU" if self.backend == "cpu" else f"CUDA device {self.device}"
+        return f"{self.library} array on {where}"
+
+
+def _library(a: Any) -> str:
+    return type(a).__module__.split(".")[0]
+
+
+def kind_of(fn: str, name: str, a: Any) -> ArrayKind:
+    """Classify one argument; raise ``TypeError`` for anything that is not an array."""
+    if isinstance(a, np.ndarray):
+        return ArrayKind("cpu", "numpy")
+    lib = _library(a)
+    if lib == "cupy":
+        return ArrayKind("cuda", "cupy", int(a.device.id))
+    if hasattr(a, "__dlpack_device__") and hasattr(a, "__dlpack__"):
+        dev_type, dev_id = a.__dlpack_device__()
+        if dev_type == _DL_CPU:
+            return ArrayKind("cpu", lib)
+        if dev_type in (_DL_CUDA, _DL_CUDA_MANAGED):
+            return ArrayKind("cuda", lib, int(dev_id))
+        raise TypeError(f"{fn}: {name} is a {lib} array on DLPack device type {dev_type}, which gpuconv does not support")
+    raise TypeError(f"{fn}: {name} must be a NumPy or CuPy array (or a DLPack array), got {type(a).__name__}")
+
+
+def to_backend(a: Any, kind: ArrayKind) -> Any:
+    """View ``a`` as the backend's native array (NumPy or CuPy), zero-copy."""
+    if kind.library in ("numpy", "cupy"):
+        return a
+    if kind.backend == "cpu":
+        return np.from_dlpack(a)
+    import cupy
+
+    return cupy.from_dlpack(a)
+
+
+def from_backend(kind: ArrayKind) -> Callable[[Any], Any]:
+    """A function turning a backend result back into the caller's kind of array."""
+    if kind.library in ("numpy", "cupy"):
+        return lambda y: y
+    if kind.library == "torch":
+        import torch
+
+        return torch.from_dlpack
+    if kind.library in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.from_dlpack
+    return lambda y: y
+
+
+def dtype_name(fn: str, name: str, a: Any) -> str:
+    """The NumPy name of an array's dtype (``"float32"``), for any supported library."""
+    dt = getattr(a, "dtype", None)
+    try:
+        return np.dtype(dt).name
+    except TypeError:
+        # torch dtypes are not NumPy dtypes: torch.float32 -> "float32"
+        text = str(dt).rsplit(".", 1)[-1]
+        if text in ("float16", "float32", "float64", "bfloat16"):
+            return text
+        raise TypeError(f"{fn}: {name} has unsupported dtype {dt}") from None

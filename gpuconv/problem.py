@@ -1,0 +1,243 @@
+"""One convolution problem, normalized and validated once.
+
+Every entry point (``conv1d``, ``conv2d``, the reference, the autotuner) turns its arguments into a
+:class:`ConvProblem` here, so the rules and the error messages live in one place. A 1-d problem is
+stored as a 2-d one with ``H == R == 1``; ``ndim`` remembers which the user called.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any, Union
+
+IntOrPair = Union[int, tuple[int, ...]]
+Padding = Union[int, str, tuple[int, ...]]
+
+DTYPES = ("float16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """The shape-level description of one convolution (no data).
+
+    Attributes:
+        ndim: spatial dimensions as called (1 for ``conv1d``, 2 for ``conv2d``).
+        n, c, h, w: input batch, channels, height, width (``h == 1`` for 1-d).
+        k, r, s: output channels, kernel height and width (``r == 1`` for 1-d).
+        stride, dilation: ``(vertical, horizontal)``.
+        padding: ``(top, bottom, left, right)``, already resolved from ``'same'``/``'valid'``.
+        groups: number of channel groups.
+        dtype: one of :data:`DTYPES`; the dtype of x, w, bias and the output.
+        has_bias: whether a bias is added.
+    """
+
+    ndim: int
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    dtype: str = "float32"
+    has_bias: bool = False
+
+    # ---- derived sizes -------------------------------------------------------------------
+    @property
+    def p(self) -> int:
+        """Output height."""
+        return (self.h + self.padding[0] + self.padding[1] - self.dilation[0] * (self.r - 1) - 1) // self.stride[0] + 1
+
+    @property
+    def q(self) -> int:
+        """Output width."""
+        return (self.w + self.padding[2] + self.padding[3] - self.dilation[1] * (self.s - 1) - 1) // self.stride[1] + 1
+
+    @property
+    def cg(self) -> int:
+        """Input channels per group (``w.shape[1]``)."""
+        return self.c // self.groups
+
+    @property
+    def kg(self) -> int:
+        """Output channels per group."""
+        return self.k // self.groups
+
+    @property
+    def reduction(self) -> int:
+        """Length of each output's dot product: ``C/groups * R * S``."""
+        return self.cg * self.r * self.s
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as two flops: ``2 N K P Q C/groups R S``."""
+        return 2 * self.n * self.k * self.p * self.q * self.reduction
+
+    @property
+    def is_depthwise(self) -> bool:
+        """One input channel per group (``groups == C``), any channel multiplier."""
+        return self.groups == self.c and self.groups > 1
+
+    @property
+    def is_pointwise(self) -> bool:
+        """A 1x1, stride-1, unpadded convolution: a plain GEMM per image."""
+        return (self.r, self.s, self.stride, self.padding) == (1, 1, (1, 1), (0, 0, 0, 0))
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.n, self.c, self.w) if self.ndim == 1 else (self.n, self.c, self.h, self.w)
+
+    @property
+    def w_shape(self) -> tuple[int, ...]:
+        return (self.k, self.cg, self.s) if self.ndim == 1 else (self.k, self.cg, self.r, self.s)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Output shape as the user sees it (3-d for conv1d)."""
+        return (self.n, self.k, self.q) if self.ndim == 1 else (self.n, self.k, self.p, self.q)
+
+    @property
+    def out_shape4(self) -> tuple[int, int, int, int]:
+        """Output shape in the internal 4-d layout."""
+        return (self.n, self.k, self.p, self.q)
+
+    # ---- (de)serialization: the problem part of a cache key -----------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for name in ("stride", "padding", "dilation"):
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ConvProblem":
+        """Rebuild a problem from :meth:`to_dict` output, validating every field (the dict may come from disk)."""
+        if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
+            raise ValueError(f"ConvProblem: expected a dict with fields {sorted(cls.__dataclass_fields__)}, got {d!r}")
+        tuples = {"stride": 2, "padding": 4, "dilation": 2}
+        for name, value in d.items():
+            if name in tuples:
+                ok = isinstance(value, (list, tuple)) and len(value) == tuples[name] and all(map(_is_int, value))
+            elif name == "dtype":
+                ok = value in DTYPES
+            elif name == "has_bias":
+                ok = isinstance(value, bool)
+            else:
+                ok = _is_int(value)
+            if not ok:
+                raise ValueError(f"ConvProblem: invalid {name}={value!r}")
+        prob = cls(**{k: tuple(int(v) for v in d[k]) if k in tuples else d[k] for k in d})
+        ints = (prob.n, prob.c, prob.h, prob.w, prob.k, prob.r, prob.s, prob.groups, *prob.stride, *prob.dilation)
+        flat1d = prob.h == prob.r == prob.stride[0] == prob.dilation[0] == 1 and prob.padding[:2] == (0, 0)
+        if (prob.ndim not in (1, 2) or min(ints) < 1 or min(prob.padding) < 0 or prob.c % prob.groups
+                or prob.k % prob.groups or prob.p < 1 or prob.q < 1 or (prob.ndim == 1 and not flat1d)):
+            raise ValueError(f"ConvProblem: inconsistent fields {d!r}")
+        return prob
+
+
+# ---- argument normalization -------------------------------------------------------------
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _fmt(v: object) -> str:
+    return repr(tuple(v)) if isinstance(v, (list, tuple)) else repr(v)
+
+
+def _int_tuple(fn: str, name: str, value: IntOrPair, ndim: int, *, minimum: int) -> tuple[int, ...]:
+    """``int`` or a tuple/list of ``ndim`` ints, each ``>= minimum`` -> tuple of ``ndim`` ints."""
+    if _is_int(value):
+        values: tuple[Any, ...] = (value,) * ndim
+    elif isinstance(value, (tuple, list)):
+        values = tuple(value)
+        if len(values) != ndim:
+            raise ValueError(f"{fn}: {name} must be an int or a tuple of {ndim} ints, got {_fmt(value)}")
+    else:
+        raise TypeError(f"{fn}: {name} must be an int or a tuple of {ndim} ints, got {type(value).__name__}")
+    if not all(_is_int(v) for v in values):
+        raise TypeError(f"{fn}: {name} must contain ints, got {_fmt(value)}")
+    if any(v < minimum for v in values):
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{fn}: {name} must be {what}, got {_fmt(value)}")
+    return tuple(int(v) for v in values)
+
+
+def _resolve_padding(fn: str, padding: Padding, ndim: int, stride: tuple[int, ...],
+                     dilation: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[int, ...]:
+    """Padding as ``(before, after)`` per spatial dim, flattened; ``'same'`` split like PyTorch."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * (2 * ndim)
+        if padding == "same":
+            if any(st != 1 for st in stride):
+                raise ValueError(f"{fn}: padding='same' requires stride 1, got stride={_fmt(stride)}")
+            out: list[int] = []
+            for d, k in zip(dilation, kernel):
+                total = d * (k - 1)
+                out += [total // 2, total - total // 2]  # the odd extra goes after, as in PyTorch
+            return tuple(out)
+        raise ValueError(f"{fn}: padding must be an int, a tuple of {ndim} ints, 'valid' or 'same', got {padding!r}")
+    pads = _int_tuple(fn, "padding", padding, ndim, minimum=0)
+    return tuple(v for p in pads for v in (p, p))
+
+
+def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: str, has_bias: bool, *,
+                 stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1) -> ConvProblem:
+    """Validate shapes and options and build the problem. Raises ``ValueError``/``TypeError`` naming ``fn``.
+
+    Args:
+        fn: ``"conv1d"`` or ``"conv2d"``: the public function, named in every message.
+        x_shape, w_shape: shapes of the input ``(N, C, *spatial)`` and weight ``(K, C/groups, *kernel)``.
+        dtype: the common dtype name of x, w (and bias); must be in :data:`DTYPES`.
+        has_bias: whether a bias of shape ``(K,)`` is given (its shape is checked by the caller).
+    """
+    ndim = 1 if fn.endswith("1d") else 2
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    layout = "(N, C, L)" if ndim == 1 else "(N, C, H, W)"
+    wlayout = "(K, C/groups, R)" if ndim == 1 else "(K, C/groups, R, S)"
+    if len(x_shape) != ndim + 2:
+        raise ValueError(f"{fn}: x must be {ndim + 2}-d {layout}, got shape {x_shape}")
+    if len(w_shape) != ndim + 2:
+        raise ValueError(f"{fn}: w must be {ndim + 2}-d {wlayout}, got shape {w_shape}")
+    if dtype not in DTYPES:
+        raise TypeError(f"{fn}: dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+    if not _is_int(groups):
+        raise TypeError(f"{fn}: groups must be an int, got {type(groups).__name__}")
+    if groups < 1:
+        raise ValueError(f"{fn}: groups must be positive, got {groups}")
+    n, c, *spatial = x_shape
+    k, cg, *kernel = w_shape
+    if c < 1 or any(v < 1 for v in spatial):
+        raise ValueError(f"{fn}: x must have at least one channel and a non-empty spatial extent, got shape {x_shape}")
+    if k < 1 or cg < 1 or any(v < 1 for v in kernel):
+        raise ValueError(f"{fn}: w must have non-zero sizes, got shape {w_shape}")
+    if c % groups:
+        raise ValueError(f"{fn}: x has {c} channels, which is not divisible by groups={groups}")
+    if k % groups:
+        raise ValueError(f"{fn}: w has {k} output channels (w.shape[0]), which is not divisible by groups={groups}")
+    if c != cg * groups:
+        raise ValueError(f"{fn}: x has {c} channels but w expects {cg * groups} "
+                         f"(w.shape[1]={cg} x groups={groups}); x.shape={x_shape}, w.shape={w_shape}")
+    stride_t = _int_tuple(fn, "stride", stride, ndim, minimum=1)
+    dilation_t = _int_tuple(fn, "dilation", dilation, ndim, minimum=1)
+    pads = _resolve_padding(fn, padding, ndim, stride_t, dilation_t, tuple(kernel))
+    names = ("length",) if ndim == 1 else ("height", "width")
+    for i, name in enumerate(names):
+        eff = dilation_t[i] * (kernel[i] - 1) + 1
+        avail = spatial[i] + pads[2 * i] + pads[2 * i + 1]
+        if eff > avail:
+            ksym = ("R", "S")[i] if ndim == 2 else "R"
+            raise ValueError(
+                f"{fn}: the kernel {name} {eff} ({ksym}={kernel[i]}, dilation={dilation_t[i]}) is larger than the "
+                f"padded input {name} {avail} ({spatial[i]} + padding {pads[2 * i]}+{pads[2 * i + 1]}); "
+                f"x.shape={x_shape}, w.shape={w_shape}")
+    if ndim == 1:
+        return ConvProblem(1, n, c, 1, spatial[0], k, 1, kernel[0], (1, stride_t[0]), (0, 0, pads[0], pads[1]),
+                           (1, dilation_t[0]), groups, dtype, bool(has_bias))
+    return ConvProblem(2, n, c, spatial[0], spatial[1], k, kernel[0], kernel[1], stride_t, tuple(pads),  # type: ignore[arg-type]
+                       dilation_t, groups, dtype, bool(has_bias))

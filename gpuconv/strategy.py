@@ -1,0 +1,69 @@
+"""What every strategy declares, on every backend: its entry point, which problems it handles, its tunables.
+
+A backend module (``gpuconv.cpu``, ``gpuconv.cuda``) exposes ``STRATEGIES: dict[str, Strategy]``, a
+``heuristic(problem) -> Plan`` and ``execute(problem, plan, x, w, bias)``. The autotuner searches exactly
+``space`` filtered by ``constraints``; the runtime uses ``defaults`` when no tuned value is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .problem import ConvProblem
+
+Params = Mapping[str, int]
+
+
+def _always(problem: ConvProblem) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One algorithm on one backend.
+
+    Attributes:
+        name: the ``strategy=`` name users pass.
+        run: the entry point; its signature is the backend's (see the backend module).
+        supports: whether this strategy can compute a problem at all (a 1x1 fast path cannot do 3x3).
+        requires: the condition in words, for the error when a user forces an unsupported strategy.
+        space: tunable name -> candidate values (compile-time macros on CUDA); empty when nothing is tunable.
+        constraints: predicates ``(params, problem) -> bool`` a candidate must satisfy (shared memory, threads).
+        defaults: the parameters used without tuning; must be a point of ``space`` satisfying ``constraints``.
+    """
+
+    name: str
+    run: Callable[..., Any]
+    supports: Callable[[ConvProblem], bool] = _always
+    requires: str = ""
+    space: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    constraints: Sequence[Callable[[Params, ConvProblem | None], bool]] = ()
+    defaults: Mapping[str, int] = field(default_factory=dict)
+
+    def valid(self, params: Params, problem: ConvProblem | None = None) -> bool:
+        """Whether ``params`` is a point of the space that satisfies every constraint."""
+        if set(params) != set(self.space):
+            return False
+        if any(params[k] not in self.space[k] for k in self.space):
+            return False
+        return all(c(params, problem) for c in self.constraints)
+
+    def variants(self, problem: ConvProblem | None = None) -> Iterator[dict[str, int]]:
+        """Every valid point of the space (a single empty dict when nothing is tunable), in a fixed order."""
+        import itertools
+
+        names = sorted(self.space)
+        for values in itertools.product(*(self.space[n] for n in names)):
+            params = dict(zip(names, values))
+            if self.valid(params, problem):
+                yield params
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A strategy plus its parameters for one problem; ``source`` says where the choice came from."""
+
+    strategy: str
+    params: Mapping[str, int] = field(default_factory=dict)
+    source: str = "heuristic"  # "heuristic" | "forced" | "tuned"
