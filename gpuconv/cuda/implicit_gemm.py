@@ -1,0 +1,89 @@
+"""Implicit GEMM (``kernels/implicit_gemm.cu``): a register-tiled GEMM whose B operand is gathered from the input.
+
+Per group, ``Y (Kg x N*P*Q) = W (Kg x Cg*R*S) @ cols``; the kernel computes each ``cols`` element's input
+address while loading it (zero in the padding), so unlike im2col it needs no workspace. Any sizes, strides,
+dilations and groups (groups run on ``gridDim.z``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..problem import ConvProblem
+from ..strategy import Params, Strategy
+from .executor import Executor
+
+KERNEL, FUNC = "implicit_gemm", "implicit_gemm_conv"
+
+#: Tunables of ``kernels/implicit_gemm.cu``: block tile BM (channels) x BN (pixels) x BK (reduction slice) and
+#: thread tile TM x TN.
+SPACE: dict[str, list[int]] = {
+    "BM": [32, 64, 128],
+    "BN": [32, 64, 128],
+    "BK": [8, 16, 32],
+    "TM": [2, 4, 8],
+    "TN": [2, 4, 8],
+}
+DEFAULTS: dict[str, int] = {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4}
+
+SMEM_LIMIT = 48 * 1024
+_ACC_BYTES = {"float16": 4, "float32": 4, "float64": 8}  # tiles are staged as ACC_T
+
+
+def threads(params: Params) -> int:
+    """Threads per block: one per TM x TN thread tile."""
+    return (params["BM"] // params["TM"]) * (params["BN"] // params["TN"])
+
+
+def smem_bytes(params: Params, dtype: str) -> int:
+    """Static shared memory: two stages of A ``[BK][BM + 4]`` and B ``[BK][BN]`` in ``ACC_T``."""
+    return 2 * params["BK"] * (params["BM"] + 4 + params["BN"]) * _ACC_BYTES[dtype]
+
+
+def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
+    return 64 <= threads(params) <= 512
+
+
+def _b_loads_ok(params: Params, problem: ConvProblem | None) -> bool:
+    # Each thread loads one fixed column of the B tile (its im2col address math is done once), so BN must
+    # divide the thread count, and the rows one pass covers must divide BK so that every thread loads.
+    nt = threads(params)
+    return nt % params["BN"] == 0 and params["BK"] % (nt // params["BN"]) == 0
+
+
+def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
+    return 8 <= params["TM"] * params["TN"] <= 64
+
+
+def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
+    # Without a problem, the widest accumulator (float64) decides, so every dtype compiles.
+    return smem_bytes(params, problem.dtype if problem else "float64") <= SMEM_LIMIT
+
+
+def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias: Any, y: Any) -> None:
+    """Fill ``y (N, K, P, Q)`` with the convolution of ``x (N, C, H, W)`` and ``w (K, C/g, R, S)`` plus ``bias``."""
+    ncols = problem.n * problem.p * problem.q
+    grid = (-(-ncols // params["BN"]), -(-problem.kg // params["BM"]), problem.groups)
+    t, _, l, _ = problem.padding
+    args = [x, w, w if bias is None else bias, y,
+            problem.n, problem.c, problem.h, problem.w, problem.k, problem.p, problem.q, problem.r, problem.s,
+            problem.stride[0], problem.stride[1], t, l, problem.dilation[0], problem.dilation[1],
+            problem.groups, int(bias is not None)]
+    ex.launch(KERNEL, FUNC, params, problem.dtype, grid, (threads(params), 1, 1), args)
+
+
+def _supports(problem: ConvProblem) -> bool:
+    # Column and reduction indices are int32; groups run on gridDim.z (<= 65535).
+    return (problem.n * problem.p * problem.q + 128 < 2**31 and problem.reduction + 32 < 2**31
+            and problem.groups <= 65535)
+
+
+STRATEGY = Strategy(
+    name="implicit_gemm",
+    run=run,
+    supports=_supports,
+    requires="N*P*Q and C/groups*R*S below 2**31 and at most 65535 groups",
+    space=SPACE,
+    constraints=(_threads_ok, _b_loads_ok, _registers_ok, _fits_smem),
+    defaults=DEFAULTS,
+)
