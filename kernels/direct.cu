@@ -50,7 +50,7 @@
 #define DIRECT_XW ((BQ * QPT - 1) * SX + HALO + 1)
 #define DIRECT_PITCH (DIRECT_XW | 1)  // odd row pitch: rows spanned by one warp start on different banks
 
-extern "C" __global__ void __launch_bounds__(BQ * BP) direct_conv(
+extern "C" __global__ __launch_bounds__(BQ * BP) void direct_conv(
     const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
     int N, int C, int H, int W, int K, int P, int Q, int R, int S,
     int stride_h, int stride_w, int pad_t, int pad_l, int dil_h, int dil_w, int groups, int has_bias,

@@ -52,7 +52,7 @@
 static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
 static_assert(IG_THREADS % BN == 0, "each thread loads one fixed column of B: BN must divide the thread count");
 
-extern "C" __global__ void __launch_bounds__(IG_THREADS) implicit_gemm_conv(
+extern "C" __global__ __launch_bounds__(IG_THREADS) void implicit_gemm_conv(
     const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
     int N, int C, int H, int W, int K, int P, int Q, int R, int S,
     int stride_h, int stride_w, int pad_t, int pad_l, int dil_h, int dil_w, int groups, int has_bias)
