@@ -1,0 +1,1 @@
+"""The CUDA backend (CuPy): kernels in kernels/*.cu, strategies in this package."""

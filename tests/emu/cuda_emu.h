@@ -1,0 +1,219 @@
+// CUDA on the CPU, for tests: the subset of CUDA C++ that the kernels in kernels/ may use.
+//
+// Every CUDA thread of a block is a fiber (ucontext) on one OS thread; the runtime (runtime.cpp) runs the
+// fibers of a block in turn until each reaches __syncthreads() or returns, checks that all of them reached
+// the same barrier, and starts the next phase. Blocks run one after another. Running a block's threads
+// cooperatively instead of as OS threads makes the emulation deterministic, fast on few cores, and strict:
+// a missing barrier shows up as a wrong result every time (a thread runs ahead and reads shared memory
+// that nobody has written yet, or overwrites a tile that others still read), and a __syncthreads() that not
+// every thread reaches is reported as an error instead of hanging.
+//
+// Shared memory: `__shared__` variables are function-local statics placed in the section `emu_shared`,
+// which the runtime fills with 0xFF bytes (NaN in every float type) before each block, so a read of
+// shared memory that no thread of this block wrote shows up as NaN. (`__shared__` inside a template
+// function cannot be placed in the section and is not poisoned.) The section holds the shared memory
+// of every kernel in the file, so the 48 KiB per-kernel limit is checked on the PTX instead (see
+// tests/test_cuda_compile.py).
+//
+// Not supported, and rejected at compile time where possible: dynamic shared memory (`extern __shared__`),
+// warp intrinsics, atomics, streams, cooperative groups.
+#pragma once
+
+#define GPUCONV_EMU 1
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define __shared__ static __attribute__((section("emu_shared")))
+
+struct uint3 {
+    unsigned x, y, z;
+};
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace emu {
+
+struct ThreadState {
+    uint3 thread_idx;
+};
+
+struct BlockState {
+    uint3 block_idx;
+    dim3 block_dim;
+    dim3 grid_dim;
+};
+
+extern thread_local ThreadState* current_thread;
+extern thread_local BlockState* current_block;
+
+void syncthreads(int line);
+[[noreturn]] void fail(const char* what, const char* file, int line);
+void check_alignment(const void* p, std::size_t align, const char* file, int line);
+
+// ---- the launch interface used by the generated wrappers --------------------------------------------
+using Body = void (*)(void*);
+int run_grid(Body body, void* closure, const unsigned* grid, const unsigned* block, unsigned long long seed,
+             char* err, int errlen);
+
+template <class... A, std::size_t... I>
+void invoke(void (*f)(A...), void** args, std::index_sequence<I...>) {
+    f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
+}
+
+template <class... A>
+int launch(void (*f)(A...), const unsigned* grid, const unsigned* block, void** args, unsigned long long seed,
+           char* err, int errlen) {
+    struct Closure {
+        void (*f)(A...);
+        void** args;
+    } closure{f, args};
+    Body body = [](void* c) {
+        auto* cl = static_cast<Closure*>(c);
+        invoke(cl->f, cl->args, std::index_sequence_for<A...>{});
+    };
+    return run_grid(body, &closure, grid, block, seed, err, errlen);
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::current_thread->thread_idx)
+#define blockIdx (::emu::current_block->block_idx)
+#define blockDim (::emu::current_block->block_dim)
+#define gridDim (::emu::current_block->grid_dim)
+#define __syncthreads() ::emu::syncthreads(__LINE__)
+#define __trap() ::emu::fail("__trap()", __FILE__, __LINE__)
+#undef assert
+#define assert(cond) ((cond) ? (void)0 : ::emu::fail("assertion failed: " #cond, __FILE__, __LINE__))
+
+// ---- half precision: IEEE binary16 with CUDA's conversion functions, no implicit conversions ----------
+struct __align__(2) __half {
+    unsigned short __x;
+};
+
+inline float __half2float(__half h) {
+    _Float16 f;
+    std::memcpy(&f, &h, 2);
+    return static_cast<float>(f);
+}
+inline __half __float2half(float v) {  // round to nearest even, as cvt.rn.f16.f32
+    _Float16 f = static_cast<_Float16>(v);
+    __half h;
+    std::memcpy(&h, &f, 2);
+    return h;
+}
+inline __half __float2half_rn(float v) { return __float2half(v); }
+inline __half __double2half(double v) {
+    _Float16 f = static_cast<_Float16>(v);
+    __half h;
+    std::memcpy(&h, &f, 2);
+    return h;
+}
+inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+inline __half __ushort_as_half(unsigned short v) { return __half{v}; }
+
+struct __align__(4) __half2 {
+    __half x, y;
+};
+
+// ---- vector types: CUDA's sizes and alignments ----------------------------------------------------------
+#define EMU_VEC2(T, name) \
+    struct __align__(2 * sizeof(T)) name { T x, y; }; \
+    inline name make_##name(T x, T y) { return name{x, y}; }
+#define EMU_VEC4(T, name, A) \
+    struct __align__(A) name { T x, y, z, w; }; \
+    inline name make_##name(T x, T y, T z, T w) { return name{x, y, z, w}; }
+EMU_VEC2(float, float2)
+EMU_VEC4(float, float4, 16)
+EMU_VEC2(double, double2)
+EMU_VEC4(double, double4, 16)  // CUDA 13 names the 16-byte-aligned one double4_16a; 32-byte double4_32a
+EMU_VEC2(int, int2)
+EMU_VEC4(int, int4, 16)
+EMU_VEC2(unsigned, uint2)
+EMU_VEC4(unsigned, uint4, 16)
+#undef EMU_VEC2
+#undef EMU_VEC4
+
+// __ldg is where kernels do their vector loads, so it checks the alignment real hardware requires.
+template <class V>
+inline V emu_ldg(const V* p, const char* file, int line) {
+    ::emu::check_alignment(p, alignof(V), file, line);
+    return *p;
+}
+#define __ldg(p) emu_ldg((p), __FILE__, __LINE__)
+
+// ---- math: CUDA's overloads of min/max for mixed operand types ----------------------------------------
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline unsigned min(int a, unsigned b) { return min(static_cast<unsigned>(a), b); }
+inline unsigned max(int a, unsigned b) { return max(static_cast<unsigned>(a), b); }
+inline unsigned min(unsigned a, int b) { return min(a, static_cast<unsigned>(b)); }
+inline unsigned max(unsigned a, int b) { return max(a, static_cast<unsigned>(b)); }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return std::fmin(a, b); }
+inline float max(float a, float b) { return std::fmax(a, b); }
+inline double min(double a, double b) { return std::fmin(a, b); }
+inline double max(double a, double b) { return std::fmax(a, b); }
+inline double min(float a, double b) { return std::fmin(static_cast<double>(a), b); }
+inline double max(float a, double b) { return std::fmax(static_cast<double>(a), b); }
+inline double min(double a, float b) { return std::fmin(a, static_cast<double>(b)); }
+inline double max(double a, float b) { return std::fmax(a, static_cast<double>(b)); }
+using std::fma;
+using std::fmaf;
+
+// ---- what the Python side checks each launch against: one code per kernel parameter --------------------
+namespace emu {
+
+template <class A>
+constexpr const char* param_code() {
+    if constexpr (std::is_pointer_v<A>) {
+        using P = std::remove_cv_t<std::remove_pointer_t<A>>;
+        if constexpr (std::is_same_v<P, float>) return "p:float32";
+        else if constexpr (std::is_same_v<P, double>) return "p:float64";
+        else if constexpr (std::is_same_v<P, __half>) return "p:float16";
+        else if constexpr (std::is_same_v<P, int>) return "p:int32";
+        else if constexpr (std::is_same_v<P, unsigned>) return "p:uint32";
+        else return "p:other";
+    } else if constexpr (std::is_same_v<A, int>) {
+        return "i";
+    } else {
+        return "unsupported";  // kernels take only pointers and int scalars
+    }
+}
+
+template <class... A>
+const char* signature(void (*)(A...)) {
+    static char buf[1024];
+    if (buf[0] == '\0') {
+        const char* parts[] = {param_code<A>()..., nullptr};
+        std::size_t used = 0;
+        for (int i = 0; parts[i] != nullptr; ++i) {
+            std::size_t n = std::strlen(parts[i]);
+            if (used + n + 2 >= sizeof(buf)) break;
+            if (i > 0) buf[used++] = ',';
+            std::memcpy(buf + used, parts[i], n);
+            used += n;
+        }
+        buf[used] = '\0';
+        if (used == 0) buf[0] = '\0';
+    }
+    return buf;
+}
+
+}  // namespace emu
