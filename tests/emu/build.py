@@ -25,7 +25,8 @@ CXX = os.environ.get("CXX", "g++")
 # -fno-strict-aliasing: kernels read float arrays through float4 pointers, as CUDA code does.
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-Wno-attributes")
 
-_GLOBAL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+([A-Za-z_]\w*)\s*\(')
+_GLOBAL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\((?:[^()]|\([^()]*\))*\)\s*)?'
+                     r'void\s+([A-Za-z_]\w*)\s*\(')
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
 

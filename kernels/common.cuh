@@ -1,0 +1,55 @@
+// Shared by every kernel: default element/accumulator types, __half, and conversions to and from the accumulator.
+//
+// T is the element type of x, w, bias and y (float, double or __half); ACC_T the type sums are kept in
+// (float for float and __half, double for double). Python defines both; the defaults let a file compile alone.
+#pragma once
+
+#ifndef T
+#define T float
+#endif
+#ifndef ACC_T
+#define ACC_T float
+#endif
+
+// __half: the toolkit's cuda_fp16.h where the compiler can see it (nvcc, NVRTC with a toolkit include path);
+// otherwise the storage type and the two conversions the kernels need, with the same PTX cuda_fp16.hpp uses.
+// Users of the CuPy wheels have NVRTC but no headers, and the kernels never do arithmetic in half precision.
+#if !defined(GPUCONV_EMU)
+#if defined(__has_include)
+#if __has_include(<cuda_fp16.h>)
+#include <cuda_fp16.h>
+#define GPUCONV_HAVE_CUDA_FP16 1
+#endif
+#endif
+#if !defined(GPUCONV_HAVE_CUDA_FP16)
+struct __align__(2) __half {
+    unsigned short __x;
+};
+static __device__ __forceinline__ float __half2float(const __half h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.__x));
+    return f;
+}
+static __device__ __forceinline__ __half __float2half(const float f) {
+    __half h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.__x) : "f"(f));
+    return h;
+}
+#endif
+#endif  // !GPUCONV_EMU (the emulation header defines __half and its conversions)
+
+static __device__ __forceinline__ float to_acc(const float v) { return v; }
+static __device__ __forceinline__ double to_acc(const double v) { return v; }
+static __device__ __forceinline__ float to_acc(const __half v) { return __half2float(v); }
+
+template <class U>
+__device__ __forceinline__ U from_acc(ACC_T v);
+template <>
+__device__ __forceinline__ float from_acc<float>(ACC_T v) { return static_cast<float>(v); }
+template <>
+__device__ __forceinline__ double from_acc<double>(ACC_T v) { return static_cast<double>(v); }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(ACC_T v) { return __float2half(static_cast<float>(v)); }
+
+// Integer ceiling division for tile counts.
+static __device__ __forceinline__ int ceil_div(const int a, const int b) { return (a + b - 1) / b; }
