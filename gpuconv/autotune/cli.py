@@ -1,0 +1,204 @@
+"""``python -m gpuconv.autotune``: tune a shape set on this machine and remember the decisions.
+
+Exit status: 0 when every shape is decided, 1 when some shape had no correct candidate, 2 for bad
+arguments or input (the message names the entry and field), 130 when interrupted (Ctrl-C stops after the
+current trial; everything decided before is already saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, Sequence
+
+from .. import cache as _cache
+from ..problem import DTYPES
+
+PROG = "python -m gpuconv.autotune"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (also the ``--help`` text)."""
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Tune gpuconv's strategy and kernel parameters for a set of convolution shapes on "
+        "this machine, checking every candidate against jax.lax, and store the winners where conv2d(strategy='auto') "
+        "finds them.",
+        epilog="A second run over the same shapes is all cache hits (zero trials) unless --force. Ctrl-C stops "
+        "after the current trial and keeps what was decided (exit 130).")
+    p.add_argument("--shapes", required=True, help="a shapes JSON file, or a shipped set name "
+                   "(audio1d, mobilenet_v2, resnet50, unet, vgg16)")
+    p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to tune: auto = cuda if a CUDA device is usable, else cpu (default: auto)")
+    p.add_argument("--trials", type=_positive_int, default=32, help="trials per shape; spaces with at most this "
+                   "many valid points are enumerated exhaustively (default: 32)")
+    p.add_argument("--timeout", type=_positive_float, default=None, help="seconds per shape (checked between trials)")
+    p.add_argument("--storage", default=None, help="Optuna storage shared by several tuning processes: a URL "
+                   "(sqlite:///tune.db, postgresql://...) or a journal file path")
+    p.add_argument("--cache-dir", default=None, help="where decisions are stored (default: $GPUCONV_CACHE_DIR, "
+                   "else the user cache directory)")
+    p.add_argument("--device", type=int, default=None, help="CUDA device index (cuda backend only)")
+    p.add_argument("--batch", type=_positive_int, default=None, help="override every shape's batch size N")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="override every shape's dtype")
+    p.add_argument("--report", metavar="FILE", default=None, help="write a markdown report to FILE")
+    p.add_argument("--json", metavar="FILE", nargs="?", const="-", default=None,
+                   help="write machine-readable results to FILE, or to stdout without FILE")
+    p.add_argument("--force", action="store_true", help="re-tune shapes that are already in the cache")
+    p.add_argument("--seed", type=int, default=0, help="seed for the inputs and the sampler (default: 0)")
+    p.add_argument("--no-jax", action="store_true", help="do not time jax.lax for the comparison column")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+class _StopOnSigint:
+    """The first Ctrl-C asks the tuner to stop after the current trial; a second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{PROG}: interrupted; stopping after the current trial (Ctrl-C again to abort now)",
+              file=sys.stderr, flush=True)
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = parser().parse_args(argv)
+    from .. import shapes as _shapes
+    from .tuner import make_storage, make_target, resolve_backend
+
+    try:
+        backend = resolve_backend(args.backend)
+        if args.device is not None:
+            if backend != "cuda":
+                return _error("--device applies to the cuda backend only")
+            import cupy
+
+            if not 0 <= args.device < cupy.cuda.runtime.getDeviceCount():
+                return _error(f"--device {args.device} does not exist "
+                              f"({cupy.cuda.runtime.getDeviceCount()} CUDA devices)")
+            cupy.cuda.Device(args.device).use()
+        shape_set = _shapes.load(args.shapes, batch=args.batch, dtype=args.dtype)
+        storage = make_storage(args.storage)
+    except ImportError as e:
+        return _error(str(e))
+    except Exception as e:  # bad shapes, backend or storage: say what, no traceback
+        return _error(str(e))
+    store = _cache.TuningCache(args.cache_dir)
+    target = make_target(backend)
+    info: dict[str, Any] = {"backend": backend, "machine": dict(_cache.machine(backend, _cache._current_device(backend))),
+                            "shapes": str(args.shapes), "trials": args.trials, "timeout_s": args.timeout,
+                            "seed": args.seed, "cache_file": str(store.path(backend)), "storage": args.storage}
+
+    stop = _StopOnSigint()
+    previous = signal.signal(signal.SIGINT, stop)
+    started = time.perf_counter()
+    try:
+        outcomes, aborted = _run(args, shape_set, target, store, storage, stop)
+    except ImportError as e:  # JAX (the reference) or Optuna missing
+        return _error(str(e))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    elapsed = time.perf_counter() - started
+    return _finish(args, outcomes, info, len(shape_set), elapsed, stop.requested or aborted, store, backend)
+
+
+def _run(args: argparse.Namespace, shape_set: list[Any], target: Any, store: _cache.TuningCache, storage: Any,
+         stop: _StopOnSigint) -> tuple[list[Any], bool]:
+    from .report import fmt_time
+    from .workload import tune_shapes
+
+    outcomes: list[Any] = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the tune extra
+        tqdm = None
+    bar = None if tqdm is None or args.quiet else tqdm(total=len(shape_set), file=sys.stderr, unit="shape",
+                                                       dynamic_ncols=True)
+
+    def on_start(shape: Any) -> None:
+        if bar is not None:
+            bar.set_description(shape.name)
+            bar.set_postfix_str("reference...")
+
+    def on_trial(trial: Any, best: float, done: int) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"trial {done}/{args.trials} best {fmt_time(best if best != float('inf') else None)}")
+
+    try:
+        for outcome in tune_shapes(shape_set, target, store, trials=args.trials, timeout=args.timeout,
+                                   seed=args.seed, storage=storage, force=args.force, compare_jax=not args.no_jax,
+                                   should_stop=lambda: stop.requested, on_start=on_start, on_trial=on_trial):
+            outcomes.append(outcome)
+            if bar is not None:
+                bar.set_description(outcome.shape.name)
+                bar.set_postfix_str(outcome.status)
+                bar.update(1)
+    except KeyboardInterrupt:  # a second Ctrl-C: every stored decision is already on disk (atomic writes)
+        return outcomes, True
+    finally:
+        if bar is not None:
+            bar.close()
+    return outcomes, False
+
+
+def _finish(args: argparse.Namespace, outcomes: list[Any], info: dict[str, Any], total: int, elapsed: float,
+            interrupted: bool, store: _cache.TuningCache, backend: str) -> int:
+    from . import report
+
+    human = sys.stderr if args.json == "-" else sys.stdout
+    if outcomes:
+        print(report.table(outcomes), file=human)
+    s = report.summary(outcomes, total, elapsed)
+    if args.report:
+        Path(args.report).write_text(report.markdown(outcomes, info, total, elapsed), encoding="utf-8")
+    if args.json == "-":
+        print(report.document(outcomes, info, total, elapsed))
+    elif args.json:
+        Path(args.json).write_text(report.document(outcomes, info, total, elapsed) + "\n", encoding="utf-8")
+    if s["all_cache_hits"]:
+        print(f"all {total} shapes were cache hits (0 trials run); decisions in {store.path(backend)}", file=human)
+    else:
+        print(f"{s['tuned']} tuned, {s['cached']} cache hits, {s['failed']} failed, {s['trials_run']} trials "
+              f"in {elapsed:.1f} s; decisions in {store.path(backend)}", file=human)
+    if interrupted:
+        saved = s["tuned"]
+        print(f"{PROG}: interrupted: {saved} newly decided shape(s) saved, {total - s['tuned'] - s['cached']} "
+              "not decided; run again to continue", file=sys.stderr)
+        return 130
+    if s["failed"]:
+        names = ", ".join(o.shape.name for o in outcomes if o.status == "failed")
+        print(f"{PROG}: no candidate matched the reference for: {names}", file=sys.stderr)
+        return 1
+    return 0
