@@ -361,15 +361,16 @@ def _write_atomic(path: Path, data: Any) -> None:
 
 # ---- the process-wide default ---------------------------------------------------------------
 
-_DEFAULTS: dict[Path, TuningCache] = {}
+_DEFAULTS: dict[str | None, TuningCache] = {}
 
 
 def default() -> TuningCache:
     """The cache of :func:`default_dir` (one instance per directory, so its in-process memo is shared)."""
-    d = default_dir()
-    if d not in _DEFAULTS:
-        _DEFAULTS[d] = TuningCache(d)
-    return _DEFAULTS[d]
+    env = os.environ.get(ENV_DIR) or None  # keyed by the raw setting: this runs on every conv2d call
+    found = _DEFAULTS.get(env)
+    if found is None:
+        found = _DEFAULTS[env] = TuningCache(default_dir())
+    return found
 
 
 def lookup(problem: ConvProblem, backend: str) -> Plan | None:
