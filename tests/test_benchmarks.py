@@ -1,0 +1,108 @@
+"""The benchmark tool runs end to end on a tiny shapes file and flags a wrong contender (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root holds ``benchmarks``
+
+from benchmarks import cli, contenders, run  # noqa: E402
+from benchmarks.contenders import Contender  # noqa: E402
+from gpuconv.problem import make_problem  # noqa: E402
+
+TINY = [
+    {"name": "conv3x3", "x": [1, 4, 9, 9], "w": [6, 4, 3, 3], "padding": 1, "count": 2},
+    {"name": "depthwise_s2", "x": [1, 4, 8, 8], "w": [4, 1, 3, 3], "stride": 2, "padding": 1, "groups": 4},
+    {"name": "conv1d_same", "x": [1, 3, 20], "w": [5, 3, 4], "padding": "same"},
+]
+
+
+@pytest.fixture
+def tiny_shapes(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def test_cli_writes_table_json_and_plots(tiny_shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = cli.main(["--shapes", str(tiny_shapes), "--backend", "cpu", "--quick", "--out", str(out),
+                     "--scaling-sizes", "8,12", "--no-progress"])
+    assert code == 0
+    stem = "tiny_b1_float32"
+    for suffix in (".md", ".json", "_gflops.png", "_speedup.png", "_scaling.png"):
+        assert (out / f"{stem}{suffix}").stat().st_size > 0, suffix
+
+    result = json.loads((out / f"{stem}.json").read_text())
+    assert result["schema"] == run.SCHEMA
+    assert result["command"].startswith("python -m benchmarks --shapes")
+    assert {"cpu", "blas", "versions", "slug"} <= set(result["machine"])
+    assert result["roof"]["float32"]["best_gflops"] > 0
+    names = [c["name"] for c in result["contenders"]]
+    assert names[0] == "gpuconv:auto" and "gpuconv:im2col" in names and "numpy" in names
+    assert [row["name"] for row in result["shapes"]] == [e["name"] for e in TINY]
+    for row in result["shapes"]:
+        assert row["auto"]["source"] in ("tuned", "heuristic")
+        auto = row["results"]["gpuconv:auto"]
+        assert auto["status"] == "ok", auto
+        assert set(auto["stats"]) == {"median", "q1", "q3", "min", "max", "n"}
+        assert auto["gflops"] > 0 and auto["roof_fraction"] > 0
+    assert "numpy" in result["summary"]["gpuconv:auto"]
+    assert [p["size"] for p in result["scaling"]["points"]] == [8, 12]
+    assert "naive" in result["scaling"]["points"][0]["results"]
+    page = (out / f"{stem}.md").read_text()
+    assert "## Summary" in page and "conv1d_same" in page and "OPENBLAS_CORETYPE" in page
+
+
+def _broken() -> Contender:
+    """Returns zeros: the correctness check must catch it before timing."""
+    return Contender("broken", "broken", "peer", "wall",
+                     lambda p, x, w: (lambda: np.zeros(p.out_shape, p.dtype)))
+
+
+def test_a_wrong_contender_is_failed_not_timed(tiny_shapes: Path, tmp_path: Path) -> None:
+    cfg = run.Config(shapes=str(tiny_shapes), backend="cpu", quick=True, scaling=False, progress=False,
+                     contenders=["gpuconv:auto", "numpy"])
+    result = run.benchmark(cfg, extra=[_broken()])
+    for row in result["shapes"]:
+        record = row["results"]["broken"]
+        assert record["status"] == "failed" and "stats" not in record
+        assert "values off" in record["error"]
+        assert row["results"]["numpy"]["status"] == "ok"
+        assert row["best_peer"] == "numpy"
+    assert "broken" not in result["summary"]["gpuconv:auto"]
+    paths = cli.write(result, tmp_path, plots=False)
+    assert "**failed**" in paths[1].read_text()
+
+
+def test_baselines_and_call_arguments_match_the_reference(tiny_shapes: Path) -> None:
+    from gpuconv import shapes
+    from gpuconv.reference import run_problem
+
+    for shape in shapes.load(tiny_shapes):
+        problem = shape.problem
+        x, w = run.random_inputs(problem)
+        expected = run_problem(problem, x, w)
+        assert run.check(contenders.numpy_conv(problem, x, w), expected, problem)[0], shape.name
+        if problem.groups == 1:
+            assert run.check(contenders.naive_conv(problem, x, w), expected, problem)[0], shape.name
+        kw = contenders.conv_kwargs(problem)
+        fn = "conv1d" if problem.ndim == 1 else "conv2d"
+        assert make_problem(fn, problem.x_shape, problem.w_shape, problem.dtype, False, **kw) == problem
+
+
+def test_unknown_contender_pattern_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="matches none of"):
+        contenders.lineup("cpu").select(["nosuch"])
+
+
+def test_without_drops_a_flag_and_its_value() -> None:
+    argv = ["--shapes", "x", "--compare-coretypes", "default,SKYLAKEX", "--quick", "--out=o"]
+    assert cli._without(argv, "--compare-coretypes") == ["--shapes", "x", "--quick", "--out=o"]
+    assert cli._without(argv, "--out") == argv[:-1]
+    assert cli._without(["--compare-coretypes", "--quick"], "--compare-coretypes") == ["--quick"]
