@@ -53,3 +53,10 @@ __device__ __forceinline__ __half from_acc<__half>(ACC_T v) { return __float2hal
 
 // Integer ceiling division for tile counts.
 static __device__ __forceinline__ int ceil_div(const int a, const int b) { return (a + b - 1) / b; }
+
+// Alignment of a pointer about to be used for a vector store: checked by the CPU emulation, free on the GPU.
+#if defined(GPUCONV_EMU)
+#define GPUCONV_CHECK_ALIGNED(p, n) ::emu::check_alignment((p), (n), __FILE__, __LINE__)
+#else
+#define GPUCONV_CHECK_ALIGNED(p, n) ((void)0)
+#endif

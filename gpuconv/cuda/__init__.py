@@ -1,1 +1,80 @@
-"""The CUDA backend (CuPy): kernels in kernels/*.cu, strategies in this package."""
+"""The CUDA backend: CuPy arrays in, kernels from ``kernels/*.cu`` compiled with NVRTC, launched on the current stream.
+
+A strategy here is a module with a :class:`~gpuconv.strategy.Strategy` whose ``run`` has the signature
+``run(ex, problem, params, x, w, bias, y) -> None``: ``ex`` is an :class:`~gpuconv.cuda.executor.Executor`,
+``x (N, C, H, W)`` and ``w (K, C/groups, R, S)`` are C-contiguous in the problem dtype, ``bias (K,)`` or None,
+and ``y (N, K, P, Q)`` is preallocated and must be filled completely. Workspace comes from ``ex.empty``.
+The same ``run`` executes on the CPU emulation in the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import cupy  # the backend's dependency: gpuconv.backends turns its absence into an install hint
+
+from ..problem import ConvProblem
+from ..strategy import Plan, Strategy
+from . import im2col, pointwise
+from .executor import CupyExecutor
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        im2col.STRATEGY,
+        pointwise.STRATEGY,
+    )
+}
+
+# The heuristic: the first rule whose condition holds and whose strategy supports the problem wins.
+_RULES: list[tuple[str, Callable[[ConvProblem], bool]]] = [
+    ("pointwise", lambda p: p.is_pointwise),
+    ("im2col", lambda p: True),
+]
+
+# Problem-specific parameters for the heuristic; strategies not listed use their defaults.
+_HEURISTIC_PARAMS: dict[str, Callable[[ConvProblem], dict[str, int]]] = {
+    "im2col": im2col.heuristic_params,
+    "pointwise": pointwise.heuristic_params,
+}
+
+
+def heuristic(problem: ConvProblem) -> Plan:
+    """The strategy and parameters used when nothing is tuned for this problem.
+
+    Raises:
+        ValueError: no strategy can compute the problem (sizes beyond every kernel's index range).
+    """
+    for name, applies in _RULES:
+        strategy = STRATEGIES.get(name)
+        if strategy is not None and applies(problem) and strategy.supports(problem):
+            pick = _HEURISTIC_PARAMS.get(name)
+            params = pick(problem) if pick is not None else dict(strategy.defaults)
+            if not strategy.valid(params, problem):
+                params = dict(strategy.defaults)
+            return Plan(name, params, "heuristic")
+    raise ValueError(f"no CUDA strategy can compute x.shape={problem.x_shape}, w.shape={problem.w_shape}: "
+                     + "; ".join(f"{s.name} requires {s.requires}" for s in STRATEGIES.values()))
+
+
+def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> Any:
+    """Run ``plan`` on CuPy arrays (on their device, on the current stream); returns ``problem.out_shape``.
+
+    Raises:
+        ValueError: ``plan.params`` is not a valid point of the strategy's space for this problem.
+        KernelError: a kernel failed to compile or launch (the library stays usable).
+    """
+    strategy = STRATEGIES[plan.strategy]
+    params = dict(plan.params)
+    if not strategy.valid(params, problem):
+        raise ValueError(f"parameters {params} are not valid for the CUDA strategy {plan.strategy!r} on this problem"
+                         f" (space {dict(strategy.space)})")
+    with x.device:
+        if problem.n == 0:
+            return cupy.empty(problem.out_shape, problem.dtype)
+        x4 = cupy.ascontiguousarray(x.reshape(problem.n, problem.c, problem.h, problem.w))
+        w4 = cupy.ascontiguousarray(w.reshape(problem.k, problem.cg, problem.r, problem.s))
+        b = None if bias is None else cupy.ascontiguousarray(bias)
+        y = cupy.empty(problem.out_shape4, problem.dtype)
+        strategy.run(CupyExecutor(), problem, params, x4, w4, b, y)
+        return y.reshape(problem.out_shape)

@@ -26,6 +26,7 @@ CTYPES: dict[str, tuple[str, str]] = {
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _KERNEL = re.compile(r"[a-z][a-z0-9_]*\Z")
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.M)  # inlined once already
 _RESERVED = {"T", "ACC_T"}
 MAX_VALUE = 4096
 
@@ -74,7 +75,7 @@ def _inline(path: Path, seen: set[Path]) -> str:
         if not target.is_file():
             return m.group(0)  # left to the compiler, which reports it with the right line
         line = text.count("\n", 0, m.start()) + 2
-        body = "" if target in seen else _inline(target, seen)
+        body = "" if target in seen else _PRAGMA_ONCE.sub("", _inline(target, seen))
         return f'#line 1 "kernels/{target.name}"\n{body}\n#line {line} "{rel}"'
 
     return _INCLUDE.sub(include, text)

@@ -1,0 +1,118 @@
+"""The GEMM of ``kernels/gemm.cu`` as data and one launch: its tuning space, constraints and a tile chooser.
+
+Shared by the ``im2col`` strategy (B is the column workspace) and the ``pointwise`` one (B is x itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..problem import ConvProblem
+from ..strategy import Params
+from .executor import Executor
+
+KERNEL, FUNC = "gemm", "gemm"
+
+#: Block tile BM x BN x BK and thread tile TM x TN.
+SPACE: dict[str, list[int]] = {
+    "BM": [32, 64, 128],
+    "BN": [32, 64, 128],
+    "BK": [8, 16, 32],
+    "TM": [2, 4, 8],
+    "TN": [2, 4, 8],
+}
+#: 128 x 128 tiles of 8 x 8 per thread: 256 threads, 128 registers, two blocks per SM in float32.
+DEFAULTS: dict[str, int] = {"BM": 128, "BN": 128, "BK": 8, "TM": 8, "TN": 8}
+
+SMEM_LIMIT = 48 * 1024
+REGISTERS_PER_SM = 65536
+_ITEM = {"float16": 2, "float32": 4, "float64": 8}
+_ACC = {"float16": 4, "float32": 4, "float64": 8}  # tiles are staged in ACC_T
+INT32_MAX = 2**31 - 1
+
+
+def threads(params: Params) -> int:
+    """Threads per block: one per TM x TN thread tile."""
+    return (params["BM"] // params["TM"]) * (params["BN"] // params["TN"])
+
+
+def smem_bytes(params: Params, dtype: str) -> int:
+    """Static shared memory: two stages of A ``[BK][BM + 16 bytes]`` and B ``[BK][BN]`` in ``ACC_T``."""
+    acc = _ACC[dtype]
+    return 2 * params["BK"] * (params["BM"] + 16 // acc + params["BN"]) * acc
+
+
+def registers(params: Params, dtype: str) -> int:
+    """The kernel's own rough register estimate (``kRegEstimate`` in gemm.cu)."""
+    vec = 16 // _ITEM[dtype]
+    nt = threads(params)
+    loads = -(-params["BM"] * params["BK"] // vec // nt) + -(-params["BK"] * params["BN"] // vec // nt)
+    tm, tn = params["TM"], params["TN"]
+    return (tm * tn + tm + tn + loads * vec) * (_ACC[dtype] // 4) + 24
+
+
+def _dtypes(problem: ConvProblem | None) -> tuple[str, ...]:
+    # Without a problem, a point must work for every dtype.
+    return (problem.dtype,) if problem is not None else tuple(_ITEM)
+
+
+def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
+    return 64 <= threads(params) <= 1024
+
+
+def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
+    return all(smem_bytes(params, d) <= SMEM_LIMIT for d in _dtypes(problem))
+
+
+def _fits_registers(params: Params, problem: ConvProblem | None) -> bool:
+    # Beyond this the compiler must squeeze the block into the register file and spills.
+    return all(registers(params, d) <= 255 and registers(params, d) * threads(params) <= REGISTERS_PER_SM
+               for d in _dtypes(problem))
+
+
+CONSTRAINTS = (_threads_ok, _fits_smem, _fits_registers)
+
+# Tile shapes the heuristic picks from, largest first (all satisfy CONSTRAINTS for every dtype).
+_PRESETS: tuple[dict[str, int], ...] = (
+    DEFAULTS,
+    {"BM": 64, "BN": 128, "BK": 8, "TM": 4, "TN": 8},
+    {"BM": 128, "BN": 64, "BK": 8, "TM": 8, "TN": 4},
+    {"BM": 64, "BN": 64, "BK": 16, "TM": 4, "TN": 4},
+    {"BM": 32, "BN": 128, "BK": 16, "TM": 2, "TN": 8},
+    {"BM": 32, "BN": 64, "BK": 16, "TM": 2, "TN": 4},
+)
+_DOUBLE_PRESETS: tuple[dict[str, int], ...] = (
+    {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4},
+    {"BM": 32, "BN": 64, "BK": 16, "TM": 2, "TN": 4},
+)
+_TARGET_BLOCKS = 2 * 132  # two waves' worth of blocks on an H100 SXM (132 SMs)
+
+
+def pick(m: int, n: int, batch: int, dtype: str) -> dict[str, int]:
+    """Tiles for an ``m x n`` output (``batch`` times) without tuning: the largest preset that wastes little of
+    its tiles and still gives the GPU enough blocks, else the one with the least waste."""
+    presets = _DOUBLE_PRESETS if dtype == "float64" else _PRESETS
+
+    def blocks(p: Mapping[str, int]) -> int:
+        return -(-m // p["BM"]) * -(-n // p["BN"]) * batch
+
+    def waste(p: Mapping[str, int]) -> float:
+        return 1 - m * n * batch / (blocks(p) * p["BM"] * p["BN"])
+
+    for p in presets:
+        if blocks(p) >= _TARGET_BLOCKS and waste(p) < 0.25:
+            return dict(p)
+    return dict(min(presets, key=lambda p: (waste(p) > 0.25, -min(blocks(p), _TARGET_BLOCKS), waste(p))))
+
+
+def launch(ex: Executor, params: Params, dtype: str, *, a: Any, b: Any, bias: Any, c: Any, m: int, n: int, k: int,
+           batch: int, lda: int, a_batch: int, ldb: int, b_batch: int, b_cols: int, b_img: int, ldc: int,
+           c_batch: int, c_cols: int, c_img: int, bias_batch: int) -> None:
+    """``C(m, j) = A(m, :) . B(:, j) + bias(m)`` for ``batch`` independent products (see gemm.cu for the layout).
+
+    ``bias`` may be None. Every offset inside one batch entry must fit in int32; the callers chunk to ensure it.
+    """
+    grid = (-(-n // params["BN"]), -(-m // params["BM"]), batch)
+    args = [a, b, c if bias is None else bias, c, m, n, k, lda, a_batch, ldb, b_batch, b_cols, b_img,
+            ldc, c_batch, c_cols, c_img, bias_batch, int(bias is not None)]
+    ex.launch(KERNEL, FUNC, params, dtype, grid, (threads(params), 1, 1), args)
