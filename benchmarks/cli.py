@@ -164,7 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return _child(argv, want)
     cfg = config_from(args, _command(argv))
-    result = benchmark(cfg)
+    try:
+        result = benchmark(cfg)
+    except ValueError as e:  # a bad shapes file, contender pattern or backend: say so, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     chosen = result["machine"].get("blas", {}).get("architecture", "")
     if want and chosen.upper() != want.upper():
         print(f"warning: OPENBLAS_CORETYPE={want} but OpenBLAS reports core type {chosen}", file=sys.stderr)

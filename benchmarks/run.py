@@ -56,6 +56,9 @@ class Config:
         """``auto`` becomes ``cuda`` when CuPy sees a device, else ``cpu``."""
         if self.backend == "auto":
             return "cuda" if machine.has_cuda_device() else "cpu"
+        if self.backend == "cuda" and not machine.has_cuda_device():
+            raise ValueError("--backend cuda: CuPy sees no usable CUDA device (no driver, no device, or CuPy "
+                             "built for another CUDA); use --backend cpu")
         return self.backend
 
     def settle(self, backend: str) -> float:
