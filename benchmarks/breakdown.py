@@ -16,6 +16,7 @@ gather costs a large part), or loses to overhead (gpuconv's time exceeds pad + g
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -165,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = set(args.layers.split(","))
         loaded = [s for s in loaded if s.name in wanted]
     lineup = contenders_mod.lineup("cpu").select(["gpuconv:auto", "torch", "jax"]).contenders
+    load_start = os.getloadavg()
     sgemm, copy = roof.cpu_gemm("float32"), copy_roof()
     layers = []
     for shape in loaded:
@@ -175,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {"command": "python -m benchmarks.breakdown " + " ".join(argv), "machine": machine.machine_info("cpu"),
               "settings": {"shapes": Path(args.shapes).stem, "batch": args.batch, "repeat": args.repeat,
                            "settle_s": args.settle},
+              "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
               "roof": sgemm, "copy_roof": copy, "layers": layers}
     out = args.out or Path(__file__).resolve().parent / "results" / result["machine"]["slug"]
     name = file_stem(args.shapes, args.batch, "float32", result["machine"]["openblas_coretype_env"]) + "_breakdown"

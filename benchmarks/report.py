@@ -91,6 +91,12 @@ def machine_lines(result: dict[str, Any]) -> list[str]:
                      f"driver CUDA {g['driver']}, runtime CUDA {g['cuda_runtime']}")
     lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
     lines.append(f"- Platform: {m['platform']}")
+    load = result.get("load_average")
+    if load:
+        fmt = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
+        lines.append(f"- Load average (1/5/15 min) at start {fmt(load['start'])}, at end {fmt(load['end'])}, on "
+                     f"{cpu['cores']} cores: near or above the core count means other work shared the machine "
+                     "and the timings are noisy")
     return lines
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -216,6 +217,7 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
         The result dict (see the module docstring); nothing is written here.
     """
     cfg = cfg.quickened()
+    load_start = os.getloadavg()
     backend = cfg.resolved_backend()
     loaded = shapes_mod.load(cfg.shapes, batch=cfg.batch, dtype=cfg.dtype)
     base = contenders_mod.lineup(backend).select(cfg.contenders)
@@ -255,6 +257,7 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings,
         "machine": machine.machine_info(backend),
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "contenders": [{"name": c.name, "label": c.label, "family": c.family, "timer": c.timer, "note": c.note}
                        for c in lineup.contenders],
         "missing": lineup.missing,
