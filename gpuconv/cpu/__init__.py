@@ -1,8 +1,17 @@
-"""The CPU backend: NumPy strategies, each a function ``run(problem, x, w) -> y``.
+"""The CPU backend: NumPy strategies, each a function ``run(problem, x, w, **params) -> y``.
 
 ``x`` is ``(N, C, H, W)`` and ``w`` ``(K, C/groups, R, S)`` in the compute dtype (float32 for float16
-inputs, which are accumulated in float32); ``run`` returns ``(N, K, P, Q)`` in that dtype, without bias.
-Inputs may be non-contiguous views. :func:`execute` does the dtype handling, bias and 1-d reshapes once.
+inputs, which are accumulated in float32); ``run`` returns ``(N, K, P, Q)`` in that dtype, without bias,
+possibly as a non-contiguous view. Inputs may be non-contiguous views (transposed, sliced, negative
+strides). ``params`` are the strategy's tunables (:attr:`Strategy.space`). :func:`execute` does the dtype
+handling, bias, 1-d reshapes and the contiguous output once.
+
+Strategies:
+    im2col: one copy of every receptive field, one batched GEMM (the fast general path).
+    direct: one GEMM per kernel tap on shifted views; no column matrix (memory-light).
+    fft: spectra products for large kernels (float64 transforms; non-finite inputs fall back to im2col).
+    depthwise: ``groups == C``: broadcasted multiply-adds per tap.
+    pointwise: 1x1 unpadded kernels: one GEMM per image, no copies.
 """
 
 from __future__ import annotations
@@ -12,31 +21,70 @@ from typing import Any
 import numpy as np
 
 from ..problem import ConvProblem
-from ..strategy import Plan, Strategy
-from .im2col import im2col
+from ..strategy import Params, Plan, Strategy
+from . import _views
+from . import depthwise as _depthwise
+from . import direct as _direct
+from . import fft as _fft
+from . import im2col as _im2col
+from . import pointwise as _pointwise
+
+
+def _wide_needs_stride1(params: Params, problem: ConvProblem | None) -> bool:
+    return not params["wide"] or problem is None or problem.stride == (1, 1)
+
+
+_WIDE = dict(space={"wide": (0, 1)}, constraints=(_wide_needs_stride1,), defaults={"wide": 0})
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("im2col", im2col),
+        Strategy("im2col", _im2col.im2col, **_WIDE),
+        Strategy("direct", _direct.direct, **_WIDE),
+        Strategy("fft", _fft.fft),
+        Strategy("depthwise", _depthwise.depthwise, _depthwise.supports, "groups == C (one input channel per group)",
+                 **_WIDE),
+        Strategy("pointwise", _pointwise.pointwise, _pointwise.supports, "a 1x1 kernel and no padding"),
     )
 }
 
+# Column-matrix size above which the heuristic prefers ``direct`` (same speed class, no R*S-fold copy).
+DIRECT_ABOVE_BYTES = 512 * 2**20
+
 
 def heuristic(problem: ConvProblem) -> Plan:
-    """The strategy used when nothing is tuned for this problem."""
-    return Plan("im2col", {}, "heuristic")
+    """The strategy used when nothing is tuned for this problem, from its shape alone.
+
+    Thresholds were measured on a 2-core AMD EPYC with OpenBLAS (see ``python -m gpuconv.demo --shapes``).
+    """
+    wide = int(_views.wide_pays(problem))
+    if _pointwise.supports(problem):
+        return Plan("pointwise", {}, "heuristic")
+    if _depthwise.supports(problem) and problem.groups > 1:
+        return Plan("depthwise", {"wide": wide}, "heuristic")
+    if _fft_pays(problem):
+        return Plan("fft", {}, "heuristic")
+    cols = problem.n * problem.c * problem.r * problem.s * problem.p * problem.q * np.dtype(problem.dtype).itemsize
+    if cols > DIRECT_ABOVE_BYTES:
+        return Plan("direct", {"wide": wide}, "heuristic")
+    return Plan("im2col", {"wide": wide}, "heuristic")
+
+
+def _fft_pays(problem: ConvProblem) -> bool:
+    """Whether FFT beats the GEMM strategies: a large kernel over few enough channels (a cost-model guess)."""
+    return problem.r * problem.s >= 49 and problem.stride == (1, 1)
 
 
 def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> np.ndarray:
-    """Run ``plan`` on NumPy arrays and return the output in the caller's dtype and layout."""
+    """Run ``plan`` on NumPy arrays and return a C-contiguous output in the caller's dtype and layout."""
     dtype = np.dtype(problem.dtype)
     if problem.n == 0:
         return np.zeros(problem.out_shape, dtype)
     compute = np.float32 if dtype == np.float16 else dtype
     x4 = x.reshape(problem.n, problem.c, problem.h, problem.w).astype(compute, copy=False)
     w4 = w.reshape(problem.k, problem.cg, problem.r, problem.s).astype(compute, copy=False)
-    y = STRATEGIES[plan.strategy].run(problem, x4, w4)
+    y = STRATEGIES[plan.strategy].run(problem, x4, w4, **plan.params)
     if bias is not None:
-        y += bias.astype(compute, copy=False)[None, :, None, None]
-    return y.astype(dtype, copy=False).reshape(problem.out_shape)
+        b = bias.astype(compute, copy=False)[None, :, None, None]
+        y = np.add(y, b, out=y) if y.flags.c_contiguous and y.flags.writeable else np.add(y, b)
+    return np.ascontiguousarray(y.astype(dtype, copy=False)).reshape(problem.out_shape)
