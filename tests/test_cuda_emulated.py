@@ -1,0 +1,179 @@
+"""Every CUDA strategy, run on the CPU emulation of its real kernel source, against the jax reference.
+
+Outputs start as NaN (the emulated allocator poisons memory), so an element no thread writes fails the
+comparison. Strategies added to ``gpuconv.cuda.STRATEGIES`` are picked up automatically.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from emu import EmuExecutor
+from gpuconv.cuda import STRATEGIES, gemm, heuristic, im2col, pointwise
+from gpuconv.cuda.compile import KernelError
+from gpuconv.problem import ConvProblem
+from gpuconv.reference import run_problem
+from helpers import CASES, Case, assert_matches, random_inputs, sample_product
+
+# Shapes beyond the shared grid that stress the GEMM's edges: partial tiles in M, N and K, a reduction of many
+# slices, image widths that are and are not multiples of the vector width, and many groups.
+EXTRA: list[Case] = [
+    Case((3, 37, 5, 7), (70, 37, 1, 1)),                          # 1x1: K, N, M all ragged, no vector loads
+    Case((2, 24, 4, 8), (40, 12, 1, 1), groups=2),                # 1x1 grouped, vectorizable columns
+    Case((2, 5, 9, 11), (131, 5, 3, 3), padding=1, bias=False),  # M beyond one 128 tile
+    Case((1, 40, 6, 6), (8, 40, 3, 3), padding=1),                # reduction of 360: many BK slices
+]
+
+
+def _supported(cases: list[Case]) -> list[tuple[str, Case]]:
+    return [(name, case) for name in sorted(STRATEGIES) for case in cases
+            if STRATEGIES[name].supports(case.problem())]
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(case: Case, dtype: str, seed: int) -> np.ndarray:
+    x, w, b = random_inputs(case, dtype, seed)
+    return run_problem(case.problem(dtype), x, w, b)
+
+
+def run_emulated(name: str, case: Case, dtype: str, params: dict[str, int], *, seed: int = 0,
+                 misalign: bool = False) -> tuple[np.ndarray, ConvProblem, EmuExecutor]:
+    """Run strategy ``name`` on the emulated device; ``misalign`` shifts x and w off 16-byte alignment."""
+    problem = case.problem(dtype)
+    x, w, b = random_inputs(case, dtype, seed)
+    ex = EmuExecutor(seed=seed)
+
+    def device(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if not misalign:
+            return ex.to_device(a.reshape(shape))
+        buf = ex.empty((a.size + 1,), a.dtype)
+        view = buf[1:].reshape(shape)  # contiguous, but one element past an aligned address
+        view[...] = a.reshape(shape)
+        return view
+
+    xd = device(x, (problem.n, problem.c, problem.h, problem.w))
+    wd = device(w, (problem.k, problem.cg, problem.r, problem.s))
+    bd = None if b is None else ex.to_device(b)
+    y = ex.empty(problem.out_shape4, dtype)
+    y[...] = np.nan
+    STRATEGIES[name].run(ex, problem, params, xd, wd, bd, y)
+    return y.reshape(problem.out_shape), problem, ex
+
+
+def check(name: str, case: Case, dtype: str, params: dict[str, int], **kw: object) -> EmuExecutor:
+    y, problem, ex = run_emulated(name, case, dtype, params, **kw)
+    assert_matches(y, _reference(case, dtype, int(kw.get("seed", 0))), problem)
+    return ex
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,case", _supported(CASES + EXTRA), ids=lambda v: str(v))
+def test_defaults(name: str, case: Case, dtype: str) -> None:
+    check(name, case, dtype, dict(STRATEGIES[name].defaults))
+
+
+@pytest.mark.parametrize("name,case", [v[0] for v in sample_product(_supported(CASES + EXTRA), limit=12, seed=4)],
+                         ids=lambda v: str(v))
+def test_defaults_float16(name: str, case: Case) -> None:
+    check(name, case, "float16", dict(STRATEGIES[name].defaults))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES + EXTRA, ids=str)
+def test_heuristic_plan(case: Case, dtype: str) -> None:
+    """The plan ``auto`` takes without tuning: its strategy and problem-specific parameters."""
+    problem = case.problem(dtype)
+    plan = heuristic(problem)
+    assert plan.source == "heuristic"
+    assert STRATEGIES[plan.strategy].valid(plan.params, problem)
+    check(plan.strategy, case, dtype, dict(plan.params), seed=1)
+
+
+def _variants(name: str) -> list[dict[str, int]]:
+    """Non-default points: the most uneven tile shapes and the largest tiles (larger than most test problems),
+    then a deterministic sample of the rest."""
+    strategy = STRATEGIES[name]
+    points = [v for v in strategy.variants() if v != dict(strategy.defaults)]
+    if not points:
+        return []
+    def shape(v: dict[str, int]) -> tuple[int, ...]:
+        return tuple(v[k] for k in sorted(v))
+    uneven = max(points, key=lambda v: max(shape(v)) / min(shape(v)))
+    largest = max(points, key=lambda v: (np.prod(shape(v)), shape(v)))
+    smallest = min(points, key=lambda v: (np.prod(shape(v)), shape(v)))
+    picked = [uneven, largest, smallest] + [v[0] for v in sample_product(points, limit=3, seed=5)]
+    return list({tuple(sorted(v.items())): v for v in picked}.values())
+
+
+VARIANT_CASES = [(name, params, case, dtype) for name in sorted(STRATEGIES) for i, params in enumerate(_variants(name))
+                 for case, dtype in sample_product([c for n, c in _supported(CASES + EXTRA) if n == name],
+                                                   ["float32", "float64"], limit=3, seed=i)]
+
+
+@pytest.mark.parametrize("name,params,case,dtype", VARIANT_CASES,
+                         ids=[f"{n}-" + "".join(f"{k}{v}" for k, v in sorted(p.items())) + f"-{c}-{d}"
+                              for n, p, c, d in VARIANT_CASES])
+def test_variants(name: str, params: dict[str, int], case: Case, dtype: str) -> None:
+    check(name, case, dtype, params, seed=3)  # seed != 0: threads run in shuffled order between barriers
+
+
+@pytest.mark.parametrize("name,case", [("im2col", CASES[2]), ("im2col", EXTRA[2]), ("pointwise", EXTRA[0]),
+                                       ("pointwise", CASES[1])], ids=str)
+def test_unaligned_inputs_take_the_scalar_path(name: str, case: Case) -> None:
+    check(name, case, "float32", dict(STRATEGIES[name].defaults), misalign=True)
+
+
+def test_im2col_chunks_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    case = Case((5, 3, 6, 6), (4, 3, 3, 3), padding=1)
+    problem = case.problem()
+    per_image = problem.groups * problem.reduction * problem.p * problem.q * 4
+    monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 2 * per_image)
+    assert im2col.images_per_chunk(problem) == 2
+    ex = check("im2col", case, "float32", dict(STRATEGIES["im2col"].defaults))
+    assert [r.kernel for r in ex.launches] == ["im2col", "gemm"] * 3
+
+
+def test_pointwise_chunks_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pointwise, "images_per_chunk", lambda problem: 1)
+    ex = check("pointwise", CASES[1], "float32", dict(STRATEGIES["pointwise"].defaults))
+    assert len(ex.launches) == CASES[1].x[0]
+
+
+def test_launch_geometry() -> None:
+    case = EXTRA[2]  # K=131 output channels, 9x11 outputs, 2 images
+    params = {"BM": 64, "BN": 32, "BK": 16, "TM": 4, "TN": 2}
+    ex = check("im2col", case, "float32", params)
+    cols, gemm_launch = ex.launches
+    assert cols.block == (256, 1, 1) and cols.grid == (-(-2 * 9 * 11 // 256), -(-5 * 9 // 8), 1)
+    assert gemm_launch.grid == (-(-2 * 9 * 11 // 32), -(-131 // 64), 1)
+    assert gemm_launch.block == (gemm.threads(params), 1, 1) == (256, 1, 1)
+
+
+def test_kernel_errors_surface_with_the_compiler_log() -> None:
+    ex = EmuExecutor()
+    bad = {"BM": 64, "BN": 64, "BK": 8, "TM": 3, "TN": 4}
+    a = ex.empty((4, 4), np.float32)
+    with pytest.raises(KernelError, match="thread tile must divide the block tile"):
+        gemm.launch(ex, bad, "float32", a=a, b=a, bias=None, c=a, m=4, n=4, k=4, batch=1, lda=4, a_batch=0,
+                    ldb=4, b_batch=0, b_cols=4, b_img=0, ldc=4, c_batch=0, c_cols=4, c_img=0, bias_batch=0)
+
+
+def test_heuristic_prefers_pointwise_for_1x1() -> None:
+    assert heuristic(CASES[0].problem()).strategy == "pointwise"
+    assert heuristic(Case((1, 3, 8, 8), (4, 3, 1, 1), stride=2).problem()).strategy != "pointwise"
+    assert heuristic(CASES[2].problem()).strategy in STRATEGIES
+
+
+def test_spaces_are_data() -> None:
+    for name, strategy in STRATEGIES.items():
+        variants = list(strategy.variants())
+        assert dict(strategy.defaults) in variants, name
+        assert 10 <= len(variants) <= 1000, f"{name}: {len(variants)} variants"
+    n = len(list(STRATEGIES["im2col"].variants()))
+    assert n == len(list(STRATEGIES["pointwise"].variants()))
+    # float64 tiles are staged in double: fewer points fit 48 KiB of shared memory.
+    assert len(list(STRATEGIES["im2col"].variants(CASES[13].problem("float64")))) < \
+        len(list(STRATEGIES["im2col"].variants(CASES[13].problem("float32"))))
