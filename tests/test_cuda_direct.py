@@ -74,6 +74,17 @@ def test_variants(params: dict[str, int], case: Case, dtype: str) -> None:
     assert_matches(y, ref, problem)
 
 
+@pytest.mark.parametrize(("case", "dtype"), sample_product(CASES + EXTRA, ["float32", "float64"], limit=10, seed=5),
+                         ids=str)
+def test_heuristic_params(case: Case, dtype: str) -> None:
+    """The untuned choice for a problem is a valid point of the space and computes it."""
+    for dt in ("float16", "float32", "float64"):
+        assert STRATEGY.valid(direct.heuristic_params(case.problem(dt)), case.problem(dt))
+    params = direct.heuristic_params(case.problem(dtype))
+    y, ref, problem = run_emulated(case, dtype, params, seed=6)
+    assert_matches(y, ref, problem)
+
+
 def test_variants_are_valid_and_distinct() -> None:
     assert STRATEGY.valid(STRATEGY.defaults)
     assert all(STRATEGY.valid(v) for v in VARIANTS)

@@ -111,6 +111,25 @@ def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias
         ex.launch(KERNEL, FUNC, params, problem.dtype, grid, block, args)
 
 
+def heuristic_params(problem: ConvProblem) -> dict[str, int]:
+    """A point of the space for ``problem`` without tuning: a window sized for its stride and filter, a block
+    about as wide as the output, several output channels per block when a group has them."""
+    reach = max((problem.r - 1) * problem.dilation[0], (problem.s - 1) * problem.dilation[1])
+    wide = problem.q > 16
+    qpt = 2 if problem.q > (64 if wide else 8) else 1
+    kpt = 1 if problem.kg == 1 else min(4 // qpt, 2 if problem.kg < 4 else 4)
+    params = {
+        "BQ": 32 if wide else 8,
+        "BP": 2 if problem.p <= 2 else 4 if wide else 8,  # conv1d has one output row
+        "QPT": qpt,
+        "KPT": kpt,
+        "CB": 4 if problem.cg >= 4 else 1,
+        "HALO": 2 if reach <= 2 else 6,
+        "SX": 2 if max(problem.stride) >= 2 else 1,
+    }
+    return params if STRATEGY.valid(params, problem) else dict(DEFAULTS)
+
+
 def _supports(problem: ConvProblem) -> bool:
     # gridDim.y = groups * ceil(Kg / KPT) <= K; tile indices and N*P*Q in int32.
     return problem.k <= 65535 and problem.p * problem.q < 2**31

@@ -52,7 +52,12 @@ def _b_loads_ok(params: Params, problem: ConvProblem | None) -> bool:
 
 
 def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
-    return 8 <= params["TM"] * params["TN"] <= 64
+    # Accumulators plus the next slice held in registers while the current one is multiplied; beyond these
+    # bounds ptxas spills (8x8 float64 accumulators alone take 128 registers).
+    acc = params["TM"] * params["TN"]
+    staged = (params["BM"] + params["BN"]) * params["BK"] // threads(params)
+    wide = problem is not None and problem.dtype == "float64"
+    return 8 <= acc <= (32 if wide else 64) and staged <= 16
 
 
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
@@ -87,3 +92,33 @@ STRATEGY = Strategy(
     constraints=(_threads_ok, _b_loads_ok, _registers_ok, _fits_smem),
     defaults=DEFAULTS,
 )
+
+
+# Preferred points, largest tile first: (BM, BN, BK, TM, TN). Large tiles reuse each staged value more;
+# small ones keep enough blocks in flight when the GEMM is small.
+_PREFERRED: tuple[tuple[int, int, int, int, int], ...] = (
+    (128, 128, 8, 8, 8),
+    (128, 64, 8, 8, 4),
+    (64, 128, 8, 4, 8),
+    (64, 64, 8, 4, 4),
+    (32, 64, 16, 2, 4),
+    (64, 32, 16, 4, 2),
+    (32, 32, 32, 4, 2),
+)
+_MIN_BLOCKS = 2 * 132  # two blocks per SM of an H100/H200
+
+
+def heuristic_params(problem: ConvProblem) -> dict[str, int]:
+    """A point of the space for ``problem`` without tuning: the largest preferred tile that does not waste
+    more than half of its rows on missing output channels and still launches about two blocks per SM."""
+    ncols = problem.n * problem.p * problem.q
+    fallback = dict(DEFAULTS)
+    for bm, bn, bk, tm, tn in _PREFERRED:
+        params = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn}
+        if not STRATEGY.valid(params, problem) or (bm > 32 and problem.kg <= bm // 2):
+            continue
+        fallback = params
+        blocks = -(-ncols // bn) * -(-problem.kg // bm) * problem.groups
+        if blocks >= _MIN_BLOCKS:
+            return params
+    return fallback
