@@ -9,7 +9,8 @@
 // (7x7 layers) still fill whole tiles: for a 1x1 convolution B is x itself (b_cols = H*W, b_img = C*H*W)
 // and for every convolution C is y (c_cols = P*Q, c_img = K*P*Q).
 //
-// Grid: x = ceil(N / BN), y = ceil(M / BM), z = batch. Block: (BM/TM) * (BN/TN) threads, 1-d.
+// Grid: x = ceil(N / BN), y = ceil(M / BM), z = batch (only the product of x and y matters: see m0, n0).
+// Block: (BM/TM) * (BN/TN) threads, 1-d.
 // Offsets within one batch entry are 32-bit (fewer registers): the caller keeps each operand's extent below
 // 2**31 elements; the batch offsets z * *_batch are 64-bit.
 //
@@ -105,8 +106,11 @@ extern "C" __global__ __launch_bounds__(GEMM_THREADS, gemm_detail::kMinBlocks) v
 
     const int tid = threadIdx.x;
     const int z = blockIdx.z;
-    const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * BN;
+    // Blocks are numbered with the M tiles fastest, whatever the grid's shape: the blocks resident at one time
+    // then share their B tiles (the large operand) through L2, and A (the weights) stays in L2 anyway.
+    const unsigned long long id = (unsigned long long)blockIdx.y * gridDim.x + blockIdx.x;
+    const int m0 = (int)(id % gridDim.y) * BM;
+    const int n0 = (int)(id / gridDim.y) * BN;
     const int tn = tid % (BN / TN), tm = tid / (BN / TN);
 
     const T* Az = A + (long long)z * a_batch;

@@ -19,6 +19,7 @@ KERNEL, FUNC = "im2col", "im2col"
 IM2COL_PARAMS: dict[str, int] = {"IM2COL_THREADS": 256, "IM2COL_ROWS": 8}
 WORKSPACE_BYTES = 256 * 2**20
 _ITEM = {"float16": 2, "float32": 4, "float64": 8}
+_PITCH = 8  # elements: 16 bytes of float16, 32 of float32, 64 of float64
 
 
 def images_per_chunk(problem: ConvProblem) -> int:
@@ -26,9 +27,14 @@ def images_per_chunk(problem: ConvProblem) -> int:
     pq, rows = problem.p * problem.q, problem.reduction
     per_image = problem.groups * rows * pq
     limit = min(WORKSPACE_BYTES // (per_image * _ITEM[problem.dtype]),
-                gemm.INT32_MAX // (rows * pq),           # one group's columns
-                gemm.INT32_MAX // (problem.k * pq))      # offsets into the chunk of y
+                (gemm.INT32_MAX - rows * _PITCH) // (rows * pq),  # one group's columns, row pitch rounded up
+                gemm.INT32_MAX // (problem.k * pq))               # offsets into the chunk of y
     return max(1, min(problem.n, limit))
+
+
+def row_pitch(ncols: int) -> int:
+    """Workspace row pitch: ``ncols`` rounded up to 16 bytes in every dtype, so the GEMM loads rows as vectors."""
+    return -(-ncols // _PITCH) * _PITCH
 
 
 def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias: Any, y: Any) -> None:
@@ -36,21 +42,22 @@ def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias
     pr = problem
     pq, rows, g = pr.p * pr.q, pr.reduction, pr.groups
     chunk = images_per_chunk(pr)
-    workspace = ex.empty((g * rows * chunk * pq,), pr.dtype)
+    workspace = ex.empty((g * rows * row_pitch(chunk * pq),), pr.dtype)
     t, _, l, _ = pr.padding
     threads, per_block = IM2COL_PARAMS["IM2COL_THREADS"], IM2COL_PARAMS["IM2COL_ROWS"]
     for n0 in range(0, pr.n, chunk):
         nc = min(chunk, pr.n - n0)
         ncols = nc * pq
-        col = workspace[:g * rows * ncols]
+        ld = row_pitch(ncols)
+        col = workspace[:g * rows * ld]
         xs, ys = x[n0:n0 + nc], y[n0:n0 + nc]
         ex.launch(KERNEL, FUNC, IM2COL_PARAMS, pr.dtype, (-(-ncols // threads), -(-rows // per_block), g),
                   (threads, 1, 1),
                   [xs, col, nc, pr.c, pr.h, pr.w, pr.p, pr.q, pr.r, pr.s, pr.stride[0], pr.stride[1], t, l,
-                   pr.dilation[0], pr.dilation[1], g])
+                   pr.dilation[0], pr.dilation[1], g, ld])
         gemm.launch(ex, params, pr.dtype, a=w, b=col, bias=bias, c=ys, m=pr.kg, n=ncols, k=rows, batch=g,
                     lda=rows, a_batch=pr.kg * rows,
-                    ldb=ncols, b_batch=rows * ncols, b_cols=ncols, b_img=0,
+                    ldb=ld, b_batch=rows * ld, b_cols=ld, b_img=0,  # b_cols >= n: one "image"
                     ldc=pq, c_batch=pr.kg * pq, c_cols=pq, c_img=pr.k * pq, bias_batch=pr.kg)
 
 
@@ -64,7 +71,7 @@ def _supports(problem: ConvProblem) -> bool:
     # Rows of one group's columns run on gridDim.y in steps of IM2COL_ROWS; groups on gridDim.z.
     pq = problem.p * problem.q
     return (problem.groups <= 65535 and -(-problem.reduction // IM2COL_PARAMS["IM2COL_ROWS"]) <= 65535
-            and problem.reduction * pq <= gemm.INT32_MAX and problem.k * pq <= gemm.INT32_MAX)
+            and problem.reduction * (pq + _PITCH) <= gemm.INT32_MAX and problem.k * pq <= gemm.INT32_MAX)
 
 
 STRATEGY = Strategy(
