@@ -83,8 +83,10 @@ def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> np.n
     compute = np.float32 if dtype == np.float16 else dtype
     x4 = x.reshape(problem.n, problem.c, problem.h, problem.w).astype(compute, copy=False)
     w4 = w.reshape(problem.k, problem.cg, problem.r, problem.s).astype(compute, copy=False)
-    y = STRATEGIES[plan.strategy].run(problem, x4, w4, **plan.params)
-    if bias is not None:
-        b = bias.astype(compute, copy=False)[None, :, None, None]
-        y = np.add(y, b, out=y) if y.flags.c_contiguous and y.flags.writeable else np.add(y, b)
-    return np.ascontiguousarray(y.astype(dtype, copy=False)).reshape(problem.out_shape)
+    # NaN and Inf propagate silently, as in PyTorch: no warnings for Inf - Inf or float16 overflow.
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = STRATEGIES[plan.strategy].run(problem, x4, w4, **plan.params)
+        if bias is not None:
+            b = bias.astype(compute, copy=False)[None, :, None, None]
+            y = np.add(y, b, out=y) if y.flags.c_contiguous and y.flags.writeable else np.add(y, b)
+        return np.ascontiguousarray(y.astype(dtype, copy=False)).reshape(problem.out_shape)
