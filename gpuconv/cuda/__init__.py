@@ -15,7 +15,7 @@ import cupy  # the backend's dependency: gpuconv.backends turns its absence into
 
 from ..problem import ConvProblem
 from ..strategy import Plan, Strategy
-from . import im2col, pointwise
+from . import direct, im2col, implicit_gemm, pointwise
 from .executor import CupyExecutor
 
 STRATEGIES: dict[str, Strategy] = {
@@ -23,19 +23,29 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         im2col.STRATEGY,
         pointwise.STRATEGY,
+        direct.STRATEGY,
+        implicit_gemm.STRATEGY,
     )
 }
 
 # The heuristic: the first rule whose condition holds and whose strategy supports the problem wins.
 _RULES: list[tuple[str, Callable[[ConvProblem], bool]]] = [
     ("pointwise", lambda p: p.is_pointwise),
+    # Depthwise and thin groups: a per-group GEMM would be mostly empty tiles.
+    ("direct", lambda p: p.is_depthwise or (p.groups > 1 and p.kg <= 8 and p.cg <= 8)),
+    # Few output channels per group: writing and re-reading the im2col columns costs about as much as the
+    # GEMM itself (bytes * flop rate / (Kg * bandwidth) ~ 50 / Kg on H100), so gather them on the fly.
+    ("implicit_gemm", lambda p: p.kg <= 128),
     ("im2col", lambda p: True),
+    ("implicit_gemm", lambda p: True),  # where im2col's workspace indices do not fit
 ]
 
 # Problem-specific parameters for the heuristic; strategies not listed use their defaults.
 _HEURISTIC_PARAMS: dict[str, Callable[[ConvProblem], dict[str, int]]] = {
     "im2col": im2col.heuristic_params,
     "pointwise": pointwise.heuristic_params,
+    "direct": direct.heuristic_params,
+    "implicit_gemm": implicit_gemm.heuristic_params,
 }
 
 
