@@ -115,19 +115,22 @@ def machine(backend: str, device: int = 0) -> Mapping[str, str]:
 
         props = cupy.cuda.runtime.getDeviceProperties(device)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        # The kernel sources decide the binaries; the launch code beside them decides grids and layouts.
+        launch = _hash_files(list((_PACKAGE / "cuda").glob("*.py")))
         try:
             from .cuda.source import source_hash
 
-            source = str(source_hash())
-        except ImportError:  # the kernel-source module is not there: hash the whole CUDA package instead
-            source = _hash_files([p for p in (_PACKAGE / "cuda").rglob("*") if p.is_file()])
+            source = f"{str(source_hash())[:16]}+{launch}"
+        except ImportError:  # no kernel-source module: the launch code is all there is to hash
+            source = launch
         return {"device": name, "cc": str(cupy.cuda.Device(device).compute_capability),
                 "cuda_runtime": str(cupy.cuda.runtime.runtimeGetVersion()), "cupy": cupy.__version__,
                 "source": source}
     raise ValueError(f"cache: backend must be 'cpu' or 'cuda', got {backend!r}")
 
 
-def _current_device(backend: str) -> int:
+def current_device(backend: str) -> int:
+    """The device a lookup or store refers to: the current CUDA device, or 0 on the CPU."""
     if backend != "cuda":
         return 0
     import cupy
@@ -223,7 +226,7 @@ class TuningCache:
     # -- paths
     def path(self, backend: str, device: int | None = None) -> Path:
         """The file holding ``backend``'s decisions for ``device`` (the current CUDA device by default)."""
-        dev = _current_device(backend) if device is None else device
+        dev = current_device(backend) if device is None else device
         m = machine(backend, dev)
         suffix = f"-sm{m['cc']}" if "cc" in m else ""
         return self.directory / f"{backend}-{_slug(m['device'])}{suffix}.json"
@@ -231,7 +234,7 @@ class TuningCache:
     # -- reading
     def lookup(self, problem: ConvProblem, backend: str) -> Plan | None:
         """The tuned plan for ``problem`` on ``backend`` (current device), or None; memoized in-process."""
-        device = _current_device(backend)
+        device = current_device(backend)
         memo = (backend, device, problem)
         if memo in self._plans:
             return self._plans[memo]
@@ -249,7 +252,7 @@ class TuningCache:
 
     def record(self, problem: ConvProblem, backend: str, device: int | None = None) -> Any:
         """The raw stored record (strategy, params, metrics) for ``problem``, unvalidated, or None."""
-        dev = _current_device(backend) if device is None else device
+        dev = current_device(backend) if device is None else device
         path = self.path(backend, dev)
         if path not in self._files:
             self._files[path] = self._load(path)
@@ -313,7 +316,7 @@ class TuningCache:
             ValueError: the plan is not a valid point of its strategy's space for this problem.
             OSError, filelock.Timeout: the directory cannot be written or locked.
         """
-        dev = _current_device(backend) if device is None else device
+        dev = current_device(backend) if device is None else device
         record = {"problem": problem.to_dict(), "backend": backend, "machine": dict(machine(backend, dev)),
                   "strategy": plan.strategy, "params": {k: int(v) for k, v in plan.params.items()},
                   "metrics": dict(metrics or {}), "stored_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

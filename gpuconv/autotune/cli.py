@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(e))
     store = _cache.TuningCache(args.cache_dir)
     target = make_target(backend)
-    info: dict[str, Any] = {"backend": backend, "machine": dict(_cache.machine(backend, _cache._current_device(backend))),
+    info: dict[str, Any] = {"backend": backend, "machine": dict(_cache.machine(backend, _cache.current_device(backend))),
                             "shapes": str(args.shapes), "trials": args.trials, "timeout_s": args.timeout,
                             "seed": args.seed, "cache_file": str(store.path(backend)), "storage": args.storage}
 

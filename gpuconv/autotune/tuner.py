@@ -357,6 +357,28 @@ def _to_trial(ft: Any, states: Any) -> Trial | None:
                  str(ft.user_attrs.get("reason", "")))
 
 
+def _decide(records: list[Trial], heuristic: Plan, evaluate: _Evaluator, confirm: int,
+            finalists_n: int) -> tuple[Plan | None, float, float]:
+    """``(winner, its seconds, the heuristic's seconds)`` from the finished trials, after confirmation rounds.
+
+    Ties go to the earlier trial, so the heuristic (trial 0) wins a tie.
+    """
+    fastest: dict[Any, Trial] = {}
+    for r in sorted((r for r in records if r.status == "ok" and math.isfinite(r.time_s)),
+                    key=lambda r: (r.time_s, r.number)):
+        fastest.setdefault(_plan_id(r.plan), r)
+    finalists = list(fastest.values())[:finalists_n]
+    finalists += [r for pid, r in fastest.items() if pid == _plan_id(heuristic) and r not in finalists]
+    times = {pid: r.time_s for pid, r in fastest.items()}
+    if confirm and len(finalists) > 1:
+        times.update(evaluate.confirm(finalists, confirm))
+    ranked = sorted((r for r in fastest.values() if math.isfinite(times[_plan_id(r.plan)])),
+                    key=lambda r: (times[_plan_id(r.plan)], r.number))
+    if not ranked:
+        return None, math.inf, times.get(_plan_id(heuristic), math.inf)
+    return ranked[0].plan, times[_plan_id(ranked[0].plan)], times.get(_plan_id(heuristic), math.inf)
+
+
 def tune(problem: ConvProblem, target: Target | str = "cpu", *, trials: int = 32, timeout: float | None = None,
          seed: int = 0, storage: Any = None, study_name: str | None = None, candidate_timeout: float = 30.0,
          reference: Reference | None = None, compare_jax: bool = False, copies: int = 3, confirm: int = 2,
@@ -453,26 +475,13 @@ def tune(problem: ConvProblem, target: Target | str = "cpu", *, trials: int = 32
         elif already < budget:
             stopped[0] = True
         records = [r for r in (_to_trial(ft, finished) for ft in study.get_trials(deepcopy=False)) if r is not None]
-    ok = [r for r in records if r.status == "ok" and math.isfinite(r.time_s)]
-    fastest: dict[Any, Trial] = {}
-    for r in sorted(ok, key=lambda r: (r.time_s, r.number)):
-        fastest.setdefault(_plan_id(r.plan), r)
-    finalists = list(fastest.values())[:finalists_n]
-    finalists += [r for pid, r in fastest.items() if pid == _plan_id(heuristic) and r not in finalists]
-    times = {pid: r.time_s for pid, r in fastest.items()}
-    if confirm and not stopped[0] and len(finalists) > 1:
-        times.update(evaluate.confirm(finalists, confirm))
-    ranked = sorted((r for r in fastest.values() if math.isfinite(times[_plan_id(r.plan)])),
-                    key=lambda r: (times[_plan_id(r.plan)], r.number))
-    winner = ranked[0] if ranked else None
-    h_time = times.get(_plan_id(heuristic), math.inf)
+    winner, best_time, h_time = _decide(records, heuristic, evaluate, 0 if stopped[0] else confirm, finalists_n)
     jax_time = None
     if compare_jax and not stopped[0]:
         run = jax_runner(problem, target.backend, evaluate.host)
         if run is not None:
             jax_time = float(target.timer(run, Plan("jax.lax", {}, "reference")))
-    return TuneResult(problem, target.backend, winner.plan if winner else None,
-                      times[_plan_id(winner.plan)] if winner else math.inf, heuristic, h_time,
+    return TuneResult(problem, target.backend, winner, best_time, heuristic, h_time,
                       sorted(records, key=lambda r: r.number), "exhaustive" if exhaustive else "tpe", space_size,
                       time.perf_counter() - started, jax_time, stopped[0], done[0])
 

@@ -86,7 +86,7 @@ def tune_shapes(shapes: Sequence[Shape], target: Target, store: _cache.TuningCac
         should_stop: polled between trials and shapes (set by the CLI's SIGINT handler).
         on_start, on_trial: progress callbacks.
     """
-    device = _cache._current_device(target.backend)
+    device = _cache.current_device(target.backend)
     for shape in shapes:
         if should_stop():
             return
