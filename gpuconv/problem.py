@@ -131,11 +131,22 @@ class ConvProblem:
             if not ok:
                 raise ValueError(f"ConvProblem: invalid {name}={value!r}")
         prob = cls(**{k: tuple(int(v) for v in d[k]) if k in tuples else d[k] for k in d})
-        ints = (prob.n, prob.c, prob.h, prob.w, prob.k, prob.r, prob.s, prob.groups, *prob.stride, *prob.dilation)
+        sizes = {"c": prob.c, "h": prob.h, "w": prob.w, "k": prob.k, "r": prob.r, "s": prob.s, "groups": prob.groups}
         flat1d = prob.h == prob.r == prob.stride[0] == prob.dilation[0] == 1 and prob.padding[:2] == (0, 0)
-        if (prob.ndim not in (1, 2) or min(ints) < 1 or min(prob.padding) < 0 or prob.c % prob.groups
-                or prob.k % prob.groups or prob.p < 1 or prob.q < 1 or (prob.ndim == 1 and not flat1d)):
-            raise ValueError(f"ConvProblem: inconsistent fields {d!r}")
+        rules = (  # in order: a later rule may divide by a field an earlier one checked
+            ("ndim must be 1 or 2", lambda: prob.ndim not in (1, 2)),
+            ("n must be non-negative", lambda: prob.n < 0),
+            ("c, h, w, k, r, s and groups must be positive", lambda: min(sizes.values()) < 1),
+            ("stride and dilation must be positive", lambda: min(*prob.stride, *prob.dilation) < 1),
+            ("padding must be non-negative", lambda: min(prob.padding) < 0),
+            ("groups must divide c and k", lambda: prob.c % prob.groups or prob.k % prob.groups),
+            ("the kernel must fit the padded input", lambda: prob.p < 1 or prob.q < 1),
+            ("a 1-d problem needs h == r == 1, vertical stride/dilation 1 and no vertical padding",
+             lambda: prob.ndim == 1 and not flat1d),
+        )
+        for rule, broken in rules:
+            if broken():
+                raise ValueError(f"ConvProblem: inconsistent fields ({rule}): {d!r}")
         return prob
 
 
@@ -210,6 +221,7 @@ def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dt
         raise TypeError(f"{fn}: groups must be an int, got {type(groups).__name__}")
     if groups < 1:
         raise ValueError(f"{fn}: groups must be positive, got {groups}")
+    groups = int(groups)  # np.int64 is accepted but must not leak into the problem (it is not JSON)
     n, c, *spatial = x_shape
     k, cg, *kernel = w_shape
     if c < 1 or any(v < 1 for v in spatial):
@@ -217,9 +229,10 @@ def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dt
     if k < 1 or cg < 1 or any(v < 1 for v in kernel):
         raise ValueError(f"{fn}: w must have non-zero sizes, got shape {w_shape}")
     if c % groups:
-        raise ValueError(f"{fn}: x has {c} channels, which is not divisible by groups={groups}")
+        raise ValueError(f"{fn}: x has {c} channels, which is not divisible by groups={groups}; x.shape={x_shape}")
     if k % groups:
-        raise ValueError(f"{fn}: w has {k} output channels (w.shape[0]), which is not divisible by groups={groups}")
+        raise ValueError(f"{fn}: w has {k} output channels (w.shape[0]), which is not divisible by groups={groups}; "
+                         f"w.shape={w_shape}")
     if c != cg * groups:
         raise ValueError(f"{fn}: x has {c} channels but w expects {cg * groups} "
                          f"(w.shape[1]={cg} x groups={groups}); x.shape={x_shape}, w.shape={w_shape}")
