@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from emu import EmuExecutor
-from gpuconv.cuda import STRATEGIES, gemm, heuristic, im2col, pointwise
+from gpuconv.cuda import STRATEGIES, gemm, heuristic, im2col, pointwise, run_plan
 from gpuconv.cuda.compile import KernelError
 from gpuconv.problem import ConvProblem
+from gpuconv.strategy import Plan
 from gpuconv.reference import run_problem
 from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
@@ -181,3 +182,23 @@ def test_spaces_are_data() -> None:
     # float64 tiles are staged in double: fewer points fit 48 KiB of shared memory.
     assert len(list(STRATEGIES["im2col"].variants(CASES[13].problem("float64")))) < \
         len(list(STRATEGIES["im2col"].variants(CASES[13].problem("float32"))))
+
+
+@pytest.mark.parametrize("case", [CASES[16], CASES[17], CASES[2], CASES[0]], ids=str)
+def test_run_plan_as_execute_does(case: Case) -> None:
+    """The backend's execute path (reshapes, contiguity, allocation) on the emulated device, 1-d included."""
+    problem = case.problem("float32")
+    x, w, b = random_inputs(case, "float32")
+    xt = np.asfortranarray(x)  # not C-contiguous: execute must copy
+    y = run_plan(EmuExecutor(seed=2), problem, heuristic(problem), xt, w, b)
+    assert_matches(y, _reference(case, "float32", 0), problem)
+
+
+def test_run_plan_empty_batch_and_bad_params() -> None:
+    problem = Case((0, 3, 8, 8), (4, 3, 3, 3)).problem()
+    ex = EmuExecutor()
+    y = run_plan(ex, problem, heuristic(problem), np.ones((0, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32),
+                 None)
+    assert y.shape == (0, 4, 6, 6) and not ex.launches
+    with pytest.raises(ValueError, match="not valid for the CUDA strategy 'im2col'"):
+        run_plan(ex, CASES[2].problem(), Plan("im2col", {"BM": 48}), *random_inputs(CASES[2], "float32"))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import cupy  # the backend's dependency: gpuconv.backends turns its absence into an install hint
+import cupy  # noqa: F401  (the backend's dependency: gpuconv.backends turns its absence into an install hint)
 
 from ..problem import ConvProblem
 from ..strategy import Plan, Strategy
 from . import direct, im2col, implicit_gemm, pointwise
-from .executor import CupyExecutor
+from .executor import CupyExecutor, Executor
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
@@ -74,17 +74,24 @@ def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> Any:
         ValueError: ``plan.params`` is not a valid point of the strategy's space for this problem.
         KernelError: a kernel failed to compile or launch (the library stays usable).
     """
+    with x.device:
+        return run_plan(CupyExecutor(), problem, plan, x, w, bias)
+
+
+def run_plan(ex: Executor, problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> Any:
+    """:func:`execute` on any executor (the tests pass the CPU emulation): contiguous 4-d inputs, output
+    allocated by ``ex``, reshaped to ``problem.out_shape``; an empty batch launches nothing."""
     strategy = STRATEGIES[plan.strategy]
     params = dict(plan.params)
     if not strategy.valid(params, problem):
         raise ValueError(f"parameters {params} are not valid for the CUDA strategy {plan.strategy!r} on this problem"
                          f" (space {dict(strategy.space)})")
-    with x.device:
-        if problem.n == 0:
-            return cupy.empty(problem.out_shape, problem.dtype)
-        x4 = cupy.ascontiguousarray(x.reshape(problem.n, problem.c, problem.h, problem.w))
-        w4 = cupy.ascontiguousarray(w.reshape(problem.k, problem.cg, problem.r, problem.s))
-        b = None if bias is None else cupy.ascontiguousarray(bias)
-        y = cupy.empty(problem.out_shape4, problem.dtype)
-        strategy.run(CupyExecutor(), problem, params, x4, w4, b, y)
-        return y.reshape(problem.out_shape)
+    xp = ex.xp
+    if problem.n == 0:
+        return xp.empty(problem.out_shape, problem.dtype)
+    x4 = xp.ascontiguousarray(x.reshape(problem.n, problem.c, problem.h, problem.w))
+    w4 = xp.ascontiguousarray(w.reshape(problem.k, problem.cg, problem.r, problem.s))
+    b = None if bias is None else xp.ascontiguousarray(bias)
+    y = ex.empty(problem.out_shape4, problem.dtype)
+    strategy.run(ex, problem, params, x4, w4, b, y)
+    return y.reshape(problem.out_shape)
