@@ -78,6 +78,8 @@ def from_backend(kind: ArrayKind) -> Callable[[Any], Any]:
 def dtype_name(fn: str, name: str, a: Any) -> str:
     """The NumPy name of an array's dtype (``"float32"``), for any supported library."""
     dt = getattr(a, "dtype", None)
+    if isinstance(dt, np.dtype):  # NumPy and CuPy: str() is the name, and much cheaper than .name
+        return str(dt)
     try:
         return np.dtype(dt).name
     except TypeError:
