@@ -1,0 +1,230 @@
+"""``python -m gpuconv.demo``: convolve a ResNet-50 layer on the CPU with every strategy, check it, time it.
+
+The default layer is res3's 3x3 convolution (128 -> 128 channels, 28x28, batch 1, float32). Each CPU strategy
+(and each layout variant) is checked against the ``jax.lax`` reference, then timed next to ``jax.lax``
+and, when installed, PyTorch, all in this process. ``--shapes resnet50`` does the same for every layer of a
+shipped shape set and prints the geometric-mean speed-ups.
+
+Timing: round-robin over the contenders, so a change in machine load hits all of them alike; medians of
+``--repeat`` calls; a short pause whenever the next call uses another library's thread pool, because pools
+that busy-wait after their work (OpenBLAS, OpenMP) would otherwise steal the next library's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import shapes as _shapes
+from .problem import ConvProblem, make_problem
+from .strategy import Plan
+
+RES3 = make_problem("conv2d", (1, 128, 28, 28), (128, 128, 3, 3), "float32", False, padding=1)
+SETTLE_S = 0.1
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One way to compute the problem: a label, a thread pool name and a zero-argument call."""
+
+    label: str
+    pool: str
+    call: Callable[[], Any]
+
+
+def _torch_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def contenders(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, peers: bool = True) -> list[Contender]:
+    """gpuconv's heuristic choice, every applicable CPU strategy variant, and the peers that are installed."""
+    from . import conv1d, conv2d, cpu
+
+    fn = conv1d if problem.ndim == 1 else conv2d
+    kw = _kwargs(problem)
+    out = [Contender(f"gpuconv auto ({_label(cpu.heuristic(problem))})", "numpy", lambda: fn(x, w, **kw))]
+    for name, strategy in cpu.STRATEGIES.items():
+        if not strategy.supports(problem):
+            continue
+        for params in strategy.variants(problem):
+            plan = Plan(name, params, "forced")
+            out.append(Contender(_label(plan), "numpy",
+                                 lambda plan=plan: cpu.execute(problem, plan, x, w, None)))
+    if not peers:
+        return out
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        pass
+    else:
+        t, b, l, r = problem.padding
+        f = jax.jit(lambda a, c: jax.lax.conv_general_dilated(
+            a, c, problem.stride, ((t, b), (l, r)), rhs_dilation=problem.dilation,
+            dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=problem.groups,
+            precision=jax.lax.Precision.HIGHEST))
+        x4 = jnp.asarray(x.reshape(problem.n, problem.c, problem.h, problem.w))
+        w4 = jnp.asarray(w.reshape(problem.k, problem.cg, problem.r, problem.s))
+        out.append(Contender("jax.lax", "xla", lambda: f(x4, w4).block_until_ready()))
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(_torch_threads())
+        tf = torch.nn.functional.conv1d if problem.ndim == 1 else torch.nn.functional.conv2d
+        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        pad = problem.padding[2] if problem.ndim == 1 else (problem.padding[0], problem.padding[2])
+        symmetric = problem.padding[0] == problem.padding[1] and problem.padding[2] == problem.padding[3]
+        if symmetric:
+            tkw = dict(stride=kw["stride"], padding=pad, dilation=kw["dilation"], groups=problem.groups)
+            out.append(Contender(f"torch (threads={torch.get_num_threads()})", "torch", lambda: tf(tx, tw, **tkw)))
+    return out
+
+
+def _kwargs(problem: ConvProblem) -> dict[str, Any]:
+    t, b, l, r = problem.padding
+    if problem.ndim == 1:
+        if l != r:
+            raise ValueError(f"demo: asymmetric padding {problem.padding} cannot be passed to conv1d")
+        return dict(stride=problem.stride[1], padding=l, dilation=problem.dilation[1], groups=problem.groups)
+    if t != b or l != r:
+        raise ValueError(f"demo: asymmetric padding {problem.padding} cannot be passed to conv2d")
+    return dict(stride=problem.stride, padding=(t, l), dilation=problem.dilation, groups=problem.groups)
+
+
+def _label(plan: Plan) -> str:
+    return plan.strategy + "".join(f" {k}={v}" for k, v in sorted(plan.params.items()))
+
+
+def time_round_robin(cands: list[Contender], repeat: int, *, warmup: int = 2, budget_s: float = 1.0,
+                     settle_s: float = SETTLE_S) -> dict[str, float]:
+    """Median seconds per call of each contender, timed round-robin with ``time.perf_counter``.
+
+    A contender whose calls are slow gets fewer rounds (at least 3) so that it spends about ``budget_s``.
+    """
+    samples: dict[str, list[float]] = {c.label: [] for c in cands}
+    rounds: dict[str, int] = {}
+    for c in cands:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            c.call()
+        per_call = (time.perf_counter() - t0) / max(warmup, 1)
+        rounds[c.label] = max(3, min(repeat, int(budget_s / max(per_call, 1e-9))))
+    last_pool = None
+    for i in range(repeat):
+        for c in cands:
+            if i >= rounds[c.label]:
+                continue
+            if c.pool != last_pool:
+                time.sleep(settle_s)
+                last_pool = c.pool
+            t0 = time.perf_counter()
+            c.call()
+            samples[c.label].append(time.perf_counter() - t0)
+    return {label: float(np.median(s)) for label, s in samples.items()}
+
+
+def check(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> dict[str, float]:
+    """Largest error of every gpuconv contender against the jax.lax reference, relative to the output scale.
+
+    Raises:
+        AssertionError: a strategy is off by more than ``1e-5`` of the output's magnitude (float32).
+    """
+    from . import reference
+
+    expected = reference.run_problem(problem, x, w)
+    scale = float(np.abs(expected).max())
+    errors = {}
+    for c in contenders(problem, x, w, peers=False):
+        err = float(np.abs(np.asarray(c.call(), np.float64) - expected).max()) / scale
+        if not err < 1e-5:
+            raise AssertionError(f"demo: {c.label} differs from the reference by {err:.2e} of the output scale")
+        errors[c.label] = err
+    return errors
+
+
+def _inputs(problem: ConvProblem, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(problem.dtype)
+    return (rng.uniform(-1, 1, problem.x_shape).astype(dtype), rng.uniform(-1, 1, problem.w_shape).astype(dtype))
+
+
+def demo_one(problem: ConvProblem, repeat: int) -> None:
+    """Check and time one problem; print a table."""
+    x, w = _inputs(problem)
+    print(f"x {problem.x_shape}, w {problem.w_shape}, stride {problem.stride}, padding {problem.padding}, "
+          f"{problem.dtype}, {problem.flops / 1e9:.3f} GFLOP")
+    try:
+        errors = check(problem, x, w)
+    except ImportError:
+        errors = {}
+        print("(jax is not installed: results are not checked against the reference)")
+    times = time_round_robin(contenders(problem, x, w), repeat)
+    width = max(map(len, times))
+    print(f"{'':{width}}  {'median ms':>9}  {'GFLOP/s':>7}  {'max rel err':>11}")
+    for label, t in times.items():
+        err = f"{errors[label]:.1e}" if label in errors else ""
+        print(f"{label:{width}}  {t * 1e3:9.3f}  {problem.flops / t / 1e9:7.1f}  {err:>11}")
+
+
+def demo_set(spec: str, repeat: int, batch: int | None) -> None:
+    """Time every layer of a shape set; print per-layer ratios and geometric means against the peers."""
+    layers = _shapes.load(spec, batch=batch)
+    rows: list[tuple[str, dict[str, float]]] = []
+    for shape in layers:
+        x, w = _inputs(shape.problem)
+        cands = contenders(shape.problem, x, w)
+        times = time_round_robin(cands, repeat)
+        ours = {k: v for k, v in times.items() if not _is_peer(k)}
+        times["gpuconv best"] = min(ours.values())
+        rows.append((shape.name, times))
+        print(f"{shape.name:24s} " + "  ".join(f"{k}={v * 1e3:.3f}" for k, v in times.items()), flush=True)
+    peers = sorted({k for _, t in rows for k in t if _is_peer(k)})
+    # Strategy variants apply to some layers only; the geometric mean of each is over the layers it covers.
+    labels = sorted({_short(k) for _, t in rows for k in t if not _is_peer(k)})
+    print(f"\nspeed-up of gpuconv over each peer, geometric mean over the layers each strategy applies to "
+          f"({len(rows)} layers, ms medians of {repeat}):")
+    print(f"{'':32}" + "".join(f"{p:>26}" for p in peers) + "  layers")
+    for label in labels:
+        cells, n = [], 0
+        for peer in peers:
+            ratios = [t[peer] / v for _, t in rows for k, v in t.items() if _short(k) == label and peer in t]
+            n = len(ratios)
+            cells.append(f"{np.exp(np.mean(np.log(ratios))):26.3f}" if ratios else f"{'':26}")
+        print(f"{label:32}" + "".join(cells) + f"  {n:6d}")
+
+
+def _is_peer(label: str) -> bool:
+    return label.startswith(("jax", "torch"))
+
+
+def _short(label: str) -> str:
+    return "gpuconv auto" if label.startswith("gpuconv auto") else label
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; see ``python -m gpuconv.demo --help``."""
+    ap = argparse.ArgumentParser(prog="python -m gpuconv.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", help="time every layer of a shape set (e.g. resnet50) instead of res3's 3x3")
+    ap.add_argument("--batch", type=int, help="override the batch size of every layer of --shapes")
+    ap.add_argument("--repeat", type=int, default=None, help="timed calls per contender (20; 11 with --shapes)")
+    args = ap.parse_args(argv)
+    import numpy
+
+    print(f"numpy {numpy.__version__}, {os.cpu_count()} CPUs, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r}")
+    if args.shapes:
+        demo_set(args.shapes, args.repeat or 11, args.batch)
+    else:
+        demo_one(RES3, args.repeat or 20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
