@@ -104,11 +104,12 @@ def _label(plan: Plan) -> str:
 
 
 def time_round_robin(cands: list[Contender], repeat: int, *, warmup: int = 2, budget_s: float = 1.0,
-                     settle_s: float = SETTLE_S) -> dict[str, float]:
+                     settle_s: float | None = None) -> dict[str, float]:
     """Median seconds per call of each contender, timed round-robin with ``time.perf_counter``.
 
     A contender whose calls are slow gets fewer rounds (at least 3) so that it spends about ``budget_s``.
     """
+    settle_s = SETTLE_S if settle_s is None else settle_s
     samples: dict[str, list[float]] = {c.label: [] for c in cands}
     rounds: dict[str, int] = {}
     for c in cands:

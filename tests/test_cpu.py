@@ -309,3 +309,43 @@ def test_dlpack_torch_tensors_in_and_out(dtype: str) -> None:
     assert_matches(out.numpy(), _torch_conv(case, x, w, b), case.problem(dtype))
     out1d = gpuconv.conv1d(tx[:, :, 0], tw[:, :, 0], tb, stride=2, padding=1, groups=2)
     assert isinstance(out1d, torch.Tensor) and out1d.shape == (2, 6, 5)
+
+
+# ---- the demo --------------------------------------------------------------------------------------------
+
+def test_demo_checks_and_times_every_strategy(capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuconv import demo
+
+    problem = Case((1, 8, 10, 10), (8, 4, 3, 3), padding=1, groups=2, bias=False).problem()
+    x, w = demo._inputs(problem)
+    errors = demo.check(problem, x, w)
+    labels = {c.label for c in demo.contenders(problem, x, w, peers=False)}
+    assert set(errors) == labels and {"im2col wide=0", "im2col wide=1", "direct wide=0", "fft"} <= labels
+    assert max(errors.values()) < 1e-5
+    times = demo.time_round_robin(demo.contenders(problem, x, w), repeat=2, warmup=1, settle_s=0)
+    assert set(times) >= labels and all(t > 0 for t in times.values())
+
+
+def test_demo_rejects_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuconv import demo
+    from gpuconv.cpu import im2col
+
+    problem = Case((1, 4, 9, 9), (4, 4, 3, 3), padding=1, bias=False).problem()
+    x, w = demo._inputs(problem)
+    monkeypatch.setitem(STRATEGIES, "im2col", STRATEGIES["im2col"].__class__(
+        "im2col", lambda p, x, w, **kw: im2col.im2col(p, x, w, **kw) * 1.001, space={"wide": (0, 1)},
+        defaults={"wide": 0}))
+    with pytest.raises(AssertionError, match=r"demo: .*im2col wide=\d.* differs from the reference"):
+        demo.check(problem, x, w)
+
+
+def test_demo_shape_set(tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuconv import demo
+
+    path = tmp_path / "tiny.json"
+    path.write_text('[{"name": "a", "x": [1, 4, 8, 8], "w": [4, 4, 3, 3], "padding": 1},'
+                    ' {"name": "b", "x": [1, 4, 16], "w": [2, 4, 1]}]')
+    monkeypatch.setattr(demo, "SETTLE_S", 0.0)
+    demo.main(["--shapes", str(path), "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "a " in out and "b " in out and "speed-up of gpuconv over each peer" in out
