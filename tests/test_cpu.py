@@ -349,3 +349,34 @@ def test_demo_shape_set(tmp_path, capsys: pytest.CaptureFixture[str], monkeypatc
     demo.main(["--shapes", str(path), "--repeat", "1"])
     out = capsys.readouterr().out
     assert "a " in out and "b " in out and "speed-up of gpuconv over each peer" in out
+
+
+# ---- scratch buffers -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,params", VARIANTS)
+def test_results_do_not_alias_scratch_buffers(name: str, params: dict) -> None:
+    """A later call (other data, same shapes) must not change an earlier result."""
+    for case in CASES:
+        problem = case.problem("float32")
+        if not _applicable(name, params, problem):
+            continue
+        first = _run(name, params, case, "float32")
+        kept = first.copy()
+        x, w, b = random_inputs(case, "float32", seed=7)
+        _run(name, params, case, "float32", x, w, b)
+        assert np.array_equal(first, kept), f"{case}: the result changed after another call"
+
+
+def test_threads_use_their_own_scratch() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    case = Case((2, 16, 20, 20), (16, 16, 3, 3), padding=1)
+    problem = case.problem("float32")
+    inputs = [random_inputs(case, "float32", seed=s) for s in range(8)]
+    plan = Plan("im2col", {"wide": 1})
+    expected = [cpu.execute(problem, plan, *xwb) for xwb in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda xwb: cpu.execute(problem, plan, *xwb), inputs))
+            for g, e in zip(got, expected):
+                np.testing.assert_array_equal(g, e)

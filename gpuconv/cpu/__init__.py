@@ -57,11 +57,14 @@ def heuristic(problem: ConvProblem) -> Plan:
 
     Thresholds were measured on a 2-core AMD EPYC with OpenBLAS (see ``python -m gpuconv.demo --shapes``).
     """
-    wide = int(_views.wide_pays(problem))
+    # The wide layout saves a slow strided gather but computes Wp - Q junk columns per row: im2col and
+    # direct gain up to about 7% of junk (res2, res3 of ResNet-50), lose at 14% (res4). Depthwise does no
+    # GEMM, and long contiguous runs beat short rows even at 29% junk (MobileNet's 7x7 layers).
+    wide = int(_views.wide_pays(problem, max_waste=0.08))
     if _pointwise.supports(problem):
         return Plan("pointwise", {}, "heuristic")
     if _depthwise.supports(problem) and problem.groups > 1:
-        return Plan("depthwise", {"wide": wide}, "heuristic")
+        return Plan("depthwise", {"wide": int(problem.stride == (1, 1))}, "heuristic")
     if problem.r * problem.s >= 25 and _fft_pays(problem):
         return Plan("fft", {}, "heuristic")
     cols = problem.n * problem.c * problem.r * problem.s * problem.p * problem.q * np.dtype(problem.dtype).itemsize

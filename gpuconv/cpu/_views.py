@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..problem import ConvProblem
+from . import _scratch
 
 
 def padded_size(problem: ConvProblem) -> tuple[int, int]:
@@ -28,14 +29,15 @@ def padded_size(problem: ConvProblem) -> tuple[int, int]:
 def pad(problem: ConvProblem, x: np.ndarray, *, slack: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Copy ``x`` into a zero-bordered, C-contiguous ``(N, C, Hp, Wp)`` buffer with ``slack`` zeros after it.
 
-    Returns ``(flat, xp)``: the whole flat buffer and its 4-d view. Only the border and the slack are
-    zeroed; the interior is written once (cheaper than ``np.pad`` and ``np.zeros`` followed by a copy).
+    Returns ``(flat, xp)``: the whole flat buffer and its 4-d view, a scratch buffer valid until the next
+    call in this thread. Only the border and the slack are zeroed; the interior is written once (cheaper
+    than ``np.pad`` or ``np.zeros`` followed by a copy).
     """
     n, c, h, w = x.shape
     t, b, l, r = problem.padding
     hp, wp = h + t + b, w + l + r
     size = n * c * hp * wp
-    flat = np.empty(size + slack, x.dtype)
+    flat = _scratch.empty("pad", (size + slack,), x.dtype)
     xp = flat[:size].reshape(n, c, hp, wp)
     xp[:, :, :t] = 0
     xp[:, :, t + h:] = 0
@@ -47,7 +49,7 @@ def pad(problem: ConvProblem, x: np.ndarray, *, slack: int = 0) -> tuple[np.ndar
 
 
 def padded(problem: ConvProblem, x: np.ndarray) -> np.ndarray:
-    """``x`` zero-padded to ``(N, C, Hp, Wp)``; ``x`` itself (any strides) when there is no padding."""
+    """``x`` zero-padded to ``(N, C, Hp, Wp)`` (scratch, see :func:`pad`); ``x`` itself when there is no padding."""
     if not any(problem.padding):
         return x
     return pad(problem, x)[1]
@@ -84,6 +86,6 @@ def narrow(problem: ConvProblem, y: np.ndarray) -> np.ndarray:
     return y.reshape(problem.n, y.shape[1], problem.p, wp)[..., :problem.q]
 
 
-def wide_pays(problem: ConvProblem, max_waste: float = 0.15) -> bool:
+def wide_pays(problem: ConvProblem, max_waste: float) -> bool:
     """Whether the wide layout applies (stride 1) and its junk columns cost at most ``max_waste`` extra work."""
     return problem.stride == (1, 1) and padded_size(problem)[1] <= (1 + max_waste) * problem.q

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..problem import ConvProblem
-from . import _views
+from . import _scratch, _views
 
 
 def supports(problem: ConvProblem) -> bool:
@@ -40,7 +40,7 @@ def depthwise(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int =
     wt = np.ascontiguousarray(w.reshape(c, m, problem.r, problem.s).transpose(2, 3, 0, 1))
     wt = wt.reshape(*wt.shape, *(1,) * len(spatial))
     y = np.empty((n, c, m, *spatial), x.dtype)
-    tmp = np.empty_like(y)
+    tmp = _scratch.empty("tmp", y.shape, y.dtype)
     for r in range(problem.r):
         for s in range(problem.s):
             tap = taps[:, :, None, r, s]                                      # N, C, 1, ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..problem import ConvProblem
-from . import _views
+from . import _scratch, _views
 
 
 def direct(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0) -> np.ndarray:
@@ -36,9 +36,9 @@ def direct(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
     else:
         taps = _views.compact_taps(problem, _views.padded(problem, x))       # N, C, R, S, P, Q
         length = problem.p * problem.q
-        buf = np.empty((n, problem.c, problem.p, problem.q), x.dtype)
+        buf = _scratch.empty("tap", (n, problem.c, problem.p, problem.q), x.dtype)
     y = np.empty((n, g, kg, length), x.dtype)
-    tmp = np.empty_like(y) if problem.r * problem.s > 1 else y
+    tmp = _scratch.empty("tmp", y.shape, y.dtype)
     for r in range(problem.r):
         for s in range(problem.s):
             tap = taps[:, :, r, s]

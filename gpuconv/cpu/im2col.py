@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..problem import ConvProblem
-from . import _views
+from . import _scratch, _views
 
 # Bound on the column matrix: larger batches are processed in chunks of whole images so that a big batch
 # does not allocate R*S times its input at once. One chunk covers the usual inference and training sizes.
@@ -41,7 +41,7 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
     per_image = problem.c * problem.r * problem.s * length * x.itemsize
     chunk = max(1, min(n, COLS_BUDGET_BYTES // per_image))
     y = np.empty((n, g, kg, length), x.dtype)
-    cols = np.empty((chunk, g, problem.cg, problem.r, problem.s, *spatial), x.dtype)
+    cols = _scratch.empty("cols", (chunk, g, problem.cg, problem.r, problem.s, *spatial), x.dtype)
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
         np.copyto(cols[:m], taps[i:i + m].reshape(m, g, problem.cg, problem.r, problem.s, *spatial))
