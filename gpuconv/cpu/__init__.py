@@ -48,14 +48,16 @@ STRATEGIES: dict[str, Strategy] = {
     )
 }
 
-# Column-matrix size above which the heuristic prefers ``direct`` (same speed class, no R*S-fold copy).
+# im2col bounds its column matrix by processing images in chunks, but one image is the smallest chunk;
+# above this many bytes per image the heuristic takes ``direct``, which never holds more than one tap.
 DIRECT_ABOVE_BYTES = 512 * 2**20
 
 
 def heuristic(problem: ConvProblem) -> Plan:
     """The strategy used when nothing is tuned for this problem, from its shape alone.
 
-    Thresholds were measured on a 2-core AMD EPYC with OpenBLAS (see ``python -m gpuconv.demo --shapes``).
+    Thresholds were measured on a 2-core AMD EPYC (no AVX-512) with NumPy's OpenBLAS; ``python -m gpuconv.demo
+    --shapes resnet50`` times every strategy per layer to check them on another machine.
     """
     # The wide layout saves a slow strided gather but computes Wp - Q junk columns per row: im2col and
     # direct gain up to about 7% of junk (res2, res3 of ResNet-50), lose at 14% (res4). Depthwise does no
@@ -67,13 +69,13 @@ def heuristic(problem: ConvProblem) -> Plan:
         return Plan("depthwise", {"wide": int(problem.stride == (1, 1))}, "heuristic")
     if problem.r * problem.s >= 25 and _fft_pays(problem):
         return Plan("fft", {}, "heuristic")
-    cols = problem.n * problem.c * problem.r * problem.s * problem.p * problem.q * np.dtype(problem.dtype).itemsize
-    if cols > DIRECT_ABOVE_BYTES:
+    cols_per_image = problem.c * problem.r * problem.s * problem.p * problem.q * np.dtype(problem.dtype).itemsize
+    if cols_per_image > DIRECT_ABOVE_BYTES:
         return Plan("direct", {"wide": wide}, "heuristic")
     return Plan("im2col", {"wide": wide}, "heuristic")
 
 
-# Rates measured on a 2-core AMD EPYC (Zen 3) with NumPy's OpenBLAS and scipy's pocketfft, used only to compare
+# Rates measured on a 2-core AMD EPYC (no AVX-512) with NumPy's OpenBLAS and scipy's pocketfft, used only to compare
 # the cost of FFT with that of a GEMM strategy (their ratio matters, not their absolute values).
 GEMM_FLOPS = 150e9       # sgemm, 2 threads
 COPY_BYTES = 8e9         # strided gather into a column matrix larger than the caches
