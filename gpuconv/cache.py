@@ -155,7 +155,7 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str, str]:
     """``(entries, "", "")`` for a valid file, else ``(None, reason, tag)``."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
         return None, f"corrupt or truncated ({e})", "corrupt"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None, f"not a gpuconv tuning cache (no \"format\": \"{FORMAT}\")", "foreign"

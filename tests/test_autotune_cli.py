@@ -130,3 +130,13 @@ def test_batch_and_dtype_overrides_with_shared_storage(tmp_path: Path, capsys: p
     assert cli.main([*args, "--force"]) == 0  # re-tunes: the shared study already holds the budget
     row = json.loads((tmp_path / "out.json").read_text())["shapes"][0]
     assert row["status"] == "tuned" and row["trials_run"] == 0
+
+
+def test_unwritable_cache_dir_is_an_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shapes = _shapes(tmp_path / "one.json", SMALL[:1])
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.warns(RuntimeWarning, match="cannot read the tuning cache"):  # the lookup, before tuning
+        status = cli.main(["--shapes", str(shapes), "--backend", "cpu", "--trials", "2", "--quiet", "--no-jax",
+                           "--cache-dir", str(tmp_path / "file" / "cache")])
+    assert status == 1
+    assert "cannot write the tuning cache" in capsys.readouterr().err

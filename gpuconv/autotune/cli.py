@@ -87,9 +87,9 @@ class _StopOnSigint:
               file=sys.stderr, flush=True)
 
 
-def _error(message: str) -> int:
+def _error(message: str, status: int = 2) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcomes, aborted = _run(args, shape_set, target, store, storage, stop)
     except ImportError as e:  # JAX (the reference) or Optuna missing
         return _error(str(e))
+    except OSError as e:  # the cache directory cannot be written or locked (filelock.Timeout is an OSError)
+        return _error(f"cannot write the tuning cache in {store.directory}: {e}", 1)
     finally:
         signal.signal(signal.SIGINT, previous)
     elapsed = time.perf_counter() - started
