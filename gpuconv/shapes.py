@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._data import data_dir
 from .problem import ConvProblem, make_problem
 
-SHAPES_DIR = Path(os.environ.get("GPUCONV_SHAPES_DIR", Path(__file__).resolve().parent.parent / "autotune" / "shapes"))
+SHAPES_DIR = Path(os.environ.get("GPUCONV_SHAPES_DIR") or data_dir("_shapes", "autotune/shapes"))
 _FIELDS = {"name", "x", "w", "stride", "padding", "dilation", "groups", "dtype", "count"}
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Mapping
 
 from ..problem import DTYPES
+from .._data import data_dir
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+KERNEL_DIR = data_dir("_kernels", "kernels")
 
 #: C element type and accumulator type per dtype; float16 accumulates in float32.
 CTYPES: dict[str, tuple[str, str]] = {

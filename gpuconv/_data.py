@@ -1,0 +1,13 @@
+"""Where the data files that ship with gpuconv are: the repository checkout, or inside an installed wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def data_dir(installed: str, checkout: str) -> Path:
+    """``gpuconv/<installed>`` in a wheel install, else ``<repo>/<checkout>`` (an editable install or a checkout)."""
+    inside = _PACKAGE / installed
+    return inside if inside.is_dir() else _PACKAGE.parent / checkout
