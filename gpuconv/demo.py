@@ -104,10 +104,11 @@ def _label(plan: Plan) -> str:
 
 
 def time_round_robin(cands: list[Contender], repeat: int, *, warmup: int = 2, budget_s: float = 1.0,
-                     settle_s: float | None = None) -> dict[str, float]:
-    """Median seconds per call of each contender, timed round-robin with ``time.perf_counter``.
+                     settle_s: float | None = None, stat: str = "median") -> dict[str, float]:
+    """Seconds per call of each contender (median or min of its calls), timed round-robin with ``perf_counter``.
 
     A contender whose calls are slow gets fewer rounds (at least 3) so that it spends about ``budget_s``.
+    The minimum estimates the time on an otherwise idle machine when other jobs share the cores.
     """
     settle_s = SETTLE_S if settle_s is None else settle_s
     samples: dict[str, list[float]] = {c.label: [] for c in cands}
@@ -129,7 +130,8 @@ def time_round_robin(cands: list[Contender], repeat: int, *, warmup: int = 2, bu
             t0 = time.perf_counter()
             c.call()
             samples[c.label].append(time.perf_counter() - t0)
-    return {label: float(np.median(s)) for label, s in samples.items()}
+    reduce = {"median": np.median, "min": np.min}[stat]
+    return {label: float(reduce(s)) for label, s in samples.items()}
 
 
 def check(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> dict[str, float]:
@@ -157,7 +159,7 @@ def _inputs(problem: ConvProblem, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return (rng.uniform(-1, 1, problem.x_shape).astype(dtype), rng.uniform(-1, 1, problem.w_shape).astype(dtype))
 
 
-def demo_one(problem: ConvProblem, repeat: int) -> None:
+def demo_one(problem: ConvProblem, repeat: int, stat: str = "median") -> None:
     """Check and time one problem; print a table."""
     x, w = _inputs(problem)
     print(f"x {problem.x_shape}, w {problem.w_shape}, stride {problem.stride}, padding {problem.padding}, "
@@ -167,22 +169,22 @@ def demo_one(problem: ConvProblem, repeat: int) -> None:
     except ImportError:
         errors = {}
         print("(jax is not installed: results are not checked against the reference)")
-    times = time_round_robin(contenders(problem, x, w), repeat)
+    times = time_round_robin(contenders(problem, x, w), repeat, stat=stat)
     width = max(map(len, times))
-    print(f"{'':{width}}  {'median ms':>9}  {'GFLOP/s':>7}  {'max rel err':>11}")
+    print(f"{'':{width}}  {stat + ' ms':>9}  {'GFLOP/s':>7}  {'max rel err':>11}")
     for label, t in times.items():
         err = f"{errors[label]:.1e}" if label in errors else ""
         print(f"{label:{width}}  {t * 1e3:9.3f}  {problem.flops / t / 1e9:7.1f}  {err:>11}")
 
 
-def demo_set(spec: str, repeat: int, batch: int | None) -> None:
+def demo_set(spec: str, repeat: int, batch: int | None, stat: str = "median") -> None:
     """Time every layer of a shape set; print per-layer ratios and geometric means against the peers."""
     layers = _shapes.load(spec, batch=batch)
     rows: list[tuple[str, dict[str, float]]] = []
     for shape in layers:
         x, w = _inputs(shape.problem)
         cands = contenders(shape.problem, x, w)
-        times = time_round_robin(cands, repeat)
+        times = time_round_robin(cands, repeat, stat=stat)
         ours = {k: v for k, v in times.items() if not _is_peer(k)}
         times["gpuconv best"] = min(ours.values())
         rows.append((shape.name, times))
@@ -191,7 +193,7 @@ def demo_set(spec: str, repeat: int, batch: int | None) -> None:
     # Strategy variants apply to some layers only; the geometric mean of each is over the layers it covers.
     labels = sorted({_short(k) for _, t in rows for k in t if not _is_peer(k)})
     print(f"\nspeed-up of gpuconv over each peer, geometric mean over the layers each strategy applies to "
-          f"({len(rows)} layers, ms medians of {repeat}):")
+          f"({len(rows)} layers, {stat} of {repeat} calls):")
     print(f"{'':32}" + "".join(f"{p:>26}" for p in peers) + "  layers")
     for label in labels:
         cells, n = [], 0
@@ -216,14 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", help="time every layer of a shape set (e.g. resnet50) instead of res3's 3x3")
     ap.add_argument("--batch", type=int, help="override the batch size of every layer of --shapes")
     ap.add_argument("--repeat", type=int, default=None, help="timed calls per contender (20; 11 with --shapes)")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="statistic of the timed calls (min: estimate for a machine shared with other jobs)")
     args = ap.parse_args(argv)
     import numpy
 
-    print(f"numpy {numpy.__version__}, {os.cpu_count()} CPUs, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r}")
+    load = ", load average %.2f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    print(f"numpy {numpy.__version__}, {os.cpu_count()} CPUs{load}, "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r}")
     if args.shapes:
-        demo_set(args.shapes, args.repeat or 11, args.batch)
+        demo_set(args.shapes, args.repeat or 11, args.batch, args.stat)
     else:
-        demo_one(RES3, args.repeat or 20)
+        demo_one(RES3, args.repeat or 20, args.stat)
     return 0
 
 
