@@ -380,3 +380,16 @@ def test_threads_use_their_own_scratch() -> None:
             got = list(pool.map(lambda xwb: cpu.execute(problem, plan, *xwb), inputs))
             for g, e in zip(got, expected):
                 np.testing.assert_array_equal(g, e)
+
+
+def test_fft_error_stays_local_with_an_outlier() -> None:
+    """One huge input must not spoil the outputs whose windows do not hold it (float32 transforms would)."""
+    case = Case((1, 4, 64, 64), (4, 4, 9, 9), padding=4)
+    problem = case.problem("float32")
+    x, w, b = random_inputs(case, "float32")
+    x[0, 0, 2, 2] = 1e4
+    expected = reference.run_problem(case.problem("float64"), x.astype(np.float64), w.astype(np.float64),
+                                     b.astype(np.float64)).astype(np.float32)
+    out = _run("fft", {}, case, "float32", x, w, b)
+    far = (slice(None), slice(None), slice(16, None), slice(16, None))
+    assert_matches(out[far], expected[far], problem)
