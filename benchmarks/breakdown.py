@@ -79,11 +79,12 @@ def breakdown(shape: shapes_mod.Shape, lineup: Sequence[contenders_mod.Contender
     p = shape.problem
     x, w = random_inputs(p)
     parts = pieces(p, x, w)
-    entries = {f"part:{k}": Entry(parts[k], wall_timer, repeat, "numpy-blas") for k in ("pad", "gather", "gemm")}
+    entries = {f"part:{k}": Entry(parts[k], wall_timer, repeat, "numpy-blas", warmup)
+               for k in ("pad", "gather", "gemm")}
     for c in lineup:
         if c.supports(p):
-            entries[c.name] = Entry(c.setup(p, x, w), TIMERS[c.timer], repeat, c.pool)
-    samples = interleaved(entries, warmup=warmup, settle_s=settle_s)
+            entries[c.name] = Entry(c.setup(p, x, w), TIMERS[c.timer], repeat, c.pool, warmup)
+    samples = interleaved(entries, settle_s=settle_s)
     med = {k: summarize(v).median for k, v in samples.items()}
     strategy, source = contenders_mod.auto_plan(p, "cpu")
     return {"name": shape.name, "problem": p.to_dict(), "flops": p.flops, "auto": {"strategy": strategy,

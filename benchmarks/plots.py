@@ -42,40 +42,51 @@ def _title(result: dict[str, Any]) -> str:
             + (f", OpenBLAS {blas}" if blas and s["backend"] == "cpu" else ""))
 
 
-def gflops_bars(result: dict[str, Any], path: Path) -> None:
-    """Grouped bars: GFLOP/s of every contender on every layer (log scale), with the GEMM roof as a line."""
+def _grouped_bars(rows: list[dict[str, Any]], series: list[tuple[str, str, list[float]]], path: Path, *,
+                  title: str, ylabel: str, line: float, line_label: str = "", per_row: int = 8) -> None:
+    """Bars grouped by layer, one colour per series, log scale, a horizontal reference line; layers are split
+    over rows of ``per_row`` so that a 20-layer network stays legible."""
     import numpy as np
 
+    chunks = [list(range(i, min(i + per_row, len(rows)))) for i in range(0, len(rows), per_row)]
+    fig = _figure(max(11.0, per_row * (0.4 + 0.13 * len(series)) + 1.5), 0.9 + 3.4 * len(chunks))
+    axes = fig.subplots(len(chunks), 1, squeeze=False, sharey=True)[:, 0]
+    width = 0.85 / max(len(series), 1)
+    for ax, chunk in zip(axes, chunks):
+        x = np.arange(len(chunk))
+        for i, (label, color, values) in enumerate(series):
+            ax.bar(x - 0.425 + (i + 0.5) * width, [values[j] for j in chunk], width, label=label, color=color,
+                   edgecolor="black" if label == "gpuconv auto" else "none", linewidth=0.6)
+        ax.axhline(line, color="black", linestyle="--", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xticks(x, [rows[j]["name"] for j in chunk], fontsize=8, rotation=12)
+        ax.set_xlim(-0.6, per_row - 0.4)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    if line_label:
+        axes[0].annotate(line_label, (-0.5, line), xytext=(2, 3), textcoords="offset points", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    handles, texts = axes[0].get_legend_handles_labels()
+    fig.legend(handles, texts, fontsize=8, ncols=min(len(series), 5), loc="outside lower center")
+    fig.savefig(path)
+
+
+def gflops_bars(result: dict[str, Any], path: Path) -> None:
+    """GFLOP/s of every contender on every layer (log scale), with the GEMM roof as a dashed line."""
     rows = result["shapes"]
     labels = {c["name"]: c["label"] for c in result["contenders"]}
     names = [n for n in labels if any(r["results"].get(n, {}).get("status") == "ok" for r in rows)]
     colors = _colors(names)
-    fig = _figure(max(10.0, 0.2 * len(rows) * max(len(names), 1) + 2), 6.0)
-    ax = fig.add_subplot()
-    width = 0.85 / max(len(names), 1)
-    x = np.arange(len(rows))
-    for i, n in enumerate(names):
-        vals = [r["results"].get(n, {}).get("gflops", np.nan) for r in rows]
-        ax.bar(x - 0.425 + (i + 0.5) * width, vals, width, label=labels[n], color=colors[n],
-               edgecolor="black" if n == "gpuconv:auto" else "none", linewidth=0.6)
-    r = result["roof"][result["settings"]["dtype"]]
-    ax.axhline(r["best_gflops"], color="black", linestyle="--", linewidth=1)
-    ax.annotate(f"roof: {r['what']} {r['best_gflops']:.0f} GFLOP/s", (0, r["best_gflops"]),
-                xytext=(2, 3), textcoords="offset points", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_xticks(x, [f"{row['name']}" for row in rows], rotation=45, ha="right", fontsize=8)
-    ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_ylabel("GFLOP/s (2·N·K·P·Q·C/g·R·S / median time)")
-    ax.set_title(f"GFLOP/s per layer — {_title(result)}", fontsize=10)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.legend(fontsize=8, ncols=min(len(names), 5), loc="outside lower center")
-    fig.savefig(path)
+    series = [(labels[n], colors[n], [r["results"].get(n, {}).get("gflops", float("nan")) for r in rows])
+              for n in names]
+    roof = result["roof"][result["settings"]["dtype"]]
+    _grouped_bars(rows, series, path, title=f"GFLOP/s per layer (2·N·K·P·Q·C/g·R·S / median time) — "
+                  f"{_title(result)}", ylabel="GFLOP/s", line=roof["best_gflops"],
+                  line_label=f"roof: {roof['what']} {roof['best_gflops']:.0f} GFLOP/s")
 
 
 def speedup_bars(result: dict[str, Any], path: Path) -> bool:
     """Speedup of gpuconv auto over each peer on each layer (log scale, 1 = parity). False when nothing to draw."""
-    import numpy as np
-
     rows = result["shapes"]
     labels = {c["name"]: c["label"] for c in result["contenders"]}
     peers = [n for n in labels if not n.startswith("gpuconv:")]
@@ -83,24 +94,11 @@ def speedup_bars(result: dict[str, Any], path: Path) -> bool:
     if not peers or not rows:
         return False
     colors = _colors(peers)
-    fig = _figure(max(10.0, 0.35 * len(rows) * len(peers) + 2), 5.0)
-    ax = fig.add_subplot()
-    width = 0.8 / len(peers)
-    x = np.arange(len(rows))
-    for i, p in enumerate(peers):
-        vals = [_speedup(r, p) or np.nan for r in rows]
-        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width, label=f"over {labels[p]}", color=colors[p])
-    ax.axhline(1.0, color="black", linewidth=1)
-    ax.set_yscale("log")
-    ax.set_xticks(x, [row["name"] for row in rows], rotation=45, ha="right", fontsize=8)
-    ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_ylabel("speedup of gpuconv auto (>1: gpuconv faster)")
+    series = [(f"over {labels[p]}", colors[p], [_speedup(r, p) or float("nan") for r in rows]) for p in peers]
     summary = result["summary"].get("gpuconv:auto", {})
     geo = ", ".join(f"{labels[p]} {summary[p]['geomean_speedup']:.2f}×" for p in peers if p in summary)
-    ax.set_title(f"gpuconv auto speedup per layer (geomean: {geo})\n{_title(result)}", fontsize=10)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.legend(fontsize=8, ncols=len(peers), loc="outside lower center")
-    fig.savefig(path)
+    _grouped_bars(rows, series, path, title=f"Speedup of gpuconv auto per layer (>1: gpuconv faster)\n"
+                  f"geometric mean: {geo}\n{_title(result)}", ylabel="speedup of gpuconv auto", line=1.0)
     return True
 
 

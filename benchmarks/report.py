@@ -47,6 +47,8 @@ def _json_default(o: Any) -> Any:
 def _ms(stats: dict[str, float]) -> str:
     m, q1, q3 = (stats[k] * 1e3 for k in ("median", "q1", "q3"))
     digits = 3 if m < 1 else 2 if m < 100 else 1
+    if stats["n"] == 1:
+        return f"{m:.{digits}f} (1 run)"
     return f"{m:.{digits}f} [{q1:.{digits}f}–{q3:.{digits}f}]"
 
 
@@ -64,7 +66,12 @@ def _cell(record: dict[str, Any] | None, what: str) -> str:
         frac = record.get("roof_fraction")
         return f"{record['gflops']:.1f}" + (f" ({100 * frac:.0f}%)" if frac is not None else "")
     ratio = record.get("speedup_vs_best_peer")
-    return "" if ratio is None else f"{ratio:.2f}×"
+    return "" if ratio is None else _x(ratio)
+
+
+def _x(ratio: float) -> str:
+    """A speedup as ``1.23×`` (two significant digits below 0.1, so that a slow one does not read 0.00×)."""
+    return f"{ratio:.2f}×" if ratio >= 0.1 else f"{ratio:.2g}×"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -116,7 +123,8 @@ def markdown(result: dict[str, Any], plots: list[str] = ()) -> str:
     if s["backend"] == "cuda" and "float16" in roofs:
         lines.append(f"fp16 GEMM roof: best {roofs['float16']['best_gflops']:.0f} GFLOP/s.")
     lines += ["", f"Timing: per contender the median of up to {s['repeat']} repetitions, run interleaved "
-              f"(round-robin) after {s['warmup']} warm-up calls, at most ~{s['budget_s']} s each per layer; "
+              f"(round-robin) after {s['warmup']} warm-up calls, at most ~{s['budget_s']} s each per layer (at least 3 runs; "
+              "a contender whose single call exceeds that is run once); "
               "[q1–q3] is the interquartile range. Every contender was checked once against "
               "`gpuconv.reference` (jax.lax at HIGHEST precision) before timing; a wrong result is reported as "
               "**failed** and not timed. Speedup = the other's median time / this one's.", ""]
@@ -127,12 +135,10 @@ def markdown(result: dict[str, Any], plots: list[str] = ()) -> str:
     peers = [n for n in names if not n.startswith("gpuconv:")]
     rows = []
     for g, per in result["summary"].items():
-        cells = []
-        for p in peers:
-            v = per.get(p)
-            cells.append(f"{v['geomean_speedup']:.2f}× (total {v['total_time_speedup']:.2f}×, wins "
-                         f"{v['wins']}/{v['shapes']})" if v else "")
-        rows.append([labels[g]] + cells)
+        if per:
+            rows.append([labels[g]] + [f"{_x(per[p]['geomean_speedup'])} (total {_x(per[p]['total_time_speedup'])}, "
+                                       f"wins {per[p]['wins']}/{per[p]['shapes']})" if p in per else ""
+                                       for p in peers])
     lines += _table(["speedup of", *(f"over {labels[p]}" for p in peers)], rows)
     lines += ["", "Geometric mean over the layers both ran; *total* weighs each layer by how often it occurs "
               "in the network (the `count` in the shapes file)."]
@@ -199,8 +205,9 @@ def fmt_summary(result: dict[str, Any]) -> str:
     out = [f"roof: {r['what']} best {r['best_gflops']:.1f} GFLOP/s (OpenBLAS core type "
            f"{blas.get('architecture', '?')})"]
     for g, per in result["summary"].items():
-        parts = [f"{p} {v['geomean_speedup']:.2f}×" for p, v in per.items()]
-        out.append(f"{g} geomean speedup over " + (", ".join(parts) if parts else "nothing (no common layers)"))
+        if per:
+            out.append(f"{g} geomean speedup over " + ", ".join(f"{p} {_x(v['geomean_speedup'])}"
+                                                               for p, v in per.items()))
     tuned = sum(row["auto"]["source"] == "tuned" for row in result["shapes"])
     out.append(f"auto: {tuned} of {len(result['shapes'])} layers tuned, the rest heuristic")
     return "\n".join(out)

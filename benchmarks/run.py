@@ -25,7 +25,7 @@ from gpuconv.reference import run_problem
 from . import contenders as contenders_mod
 from . import machine, roof
 from .contenders import Contender, Lineup
-from .timing import TIMERS, Entry, interleaved, repeats_within, summarize
+from .timing import TIMERS, Entry, interleaved, plan_repeats, summarize
 
 SCHEMA = 1
 
@@ -147,8 +147,9 @@ def measure_problem(problem: ConvProblem, lineup: Sequence[Contender], cfg: Conf
             records[c.name] = {"status": "failed", "error": why, "max_abs_err": max_err}
             continue
         records[c.name] = {"status": "ok", "max_abs_err": max_err}
-        entries[c.name] = Entry(thunk, TIMERS[c.timer], repeats_within(first, cfg.repeat, cfg.budget_s), c.pool)
-    samples = interleaved(entries, warmup=cfg.warmup, settle_s=settle_s,
+        repeat, warmup = plan_repeats(first, cfg.repeat, cfg.warmup, cfg.budget_s)
+        entries[c.name] = Entry(thunk, TIMERS[c.timer], repeat, c.pool, warmup)
+    samples = interleaved(entries, settle_s=settle_s,
                           on_step=lambda name, i: step(f"time {name} #{i + 1}"))
     for name, s in samples.items():
         stats = summarize(s)

@@ -77,16 +77,18 @@ def summarize(samples: list[float]) -> Stats:
 
 @dataclass(frozen=True)
 class Entry:
-    """One contender to time: the call, its timer, how many repetitions it may have at most, and the thread
-    pool it runs on (entries of one pool follow each other without a pause; see :func:`interleaved`)."""
+    """One contender to time: the call, its timer, how many timed repetitions it may have at most, the thread
+    pool it runs on (entries of one pool follow each other without a pause; see :func:`interleaved`) and how
+    many untimed calls warm it up (caches, allocators, lazy compiles)."""
 
     thunk: Thunk
     timer: Timer
     repeat: int
     pool: str = ""
+    warmup: int = 1
 
 
-def interleaved(entries: Mapping[str, Entry], *, warmup: int = 1, settle_s: float = 0.0,
+def interleaved(entries: Mapping[str, Entry], *, settle_s: float = 0.0,
                 on_step: Callable[[str, int], None] | None = None) -> dict[str, list[float]]:
     """Time every entry round-robin (pools in random order, entries of a pool together in random order).
 
@@ -94,7 +96,6 @@ def interleaved(entries: Mapping[str, Entry], *, warmup: int = 1, settle_s: floa
 
     Args:
         entries: name -> what to run; an entry with a smaller ``repeat`` drops out of later rounds.
-        warmup: untimed calls of each entry before the first timed round (caches, allocators, lazy compiles).
         settle_s: pause before a call whose ``pool`` differs from the previous call's. CPU thread pools
             busy-wait after their work (OpenBLAS for about 2**28 cycles, ~0.1 s), and on a machine with
             few cores those spinning threads steal the next library's cores; the pause lets them park.
@@ -110,7 +111,7 @@ def interleaved(entries: Mapping[str, Entry], *, warmup: int = 1, settle_s: floa
 
     for entry in entries.values():
         settle(entry)
-        for _ in range(warmup):
+        for _ in range(entry.warmup):
             entry.thunk()
     pools: dict[str, list[str]] = {}
     for name, entry in entries.items():
@@ -132,8 +133,14 @@ def interleaved(entries: Mapping[str, Entry], *, warmup: int = 1, settle_s: floa
     return samples
 
 
-def repeats_within(seconds_per_call: float, repeat: int, budget_s: float, minimum: int = 3) -> int:
-    """How many timed calls fit ``budget_s`` (never fewer than ``minimum``, never more than ``repeat``)."""
+def plan_repeats(seconds_per_call: float, repeat: int, warmup: int, budget_s: float) -> tuple[int, int]:
+    """``(timed repetitions, warm-up calls)`` that fit about ``budget_s`` for a call of ``seconds_per_call``.
+
+    At least 3 timed calls, at most ``repeat``; a call longer than the whole budget is timed once, unwarmed
+    (its first call, the correctness check, already warmed it).
+    """
+    if seconds_per_call > budget_s:
+        return 1, 0
     if seconds_per_call <= 0:
-        return repeat
-    return max(min(repeat, minimum), min(repeat, int(budget_s / seconds_per_call)))
+        return repeat, warmup
+    return max(min(repeat, 3), min(repeat, int(budget_s / seconds_per_call))), warmup
