@@ -96,9 +96,11 @@ def interleaved(entries: Mapping[str, Entry], *, settle_s: float = 0.0,
 
     Args:
         entries: name -> what to run; an entry with a smaller ``repeat`` drops out of later rounds.
-        settle_s: pause before a call whose ``pool`` differs from the previous call's. CPU thread pools
-            busy-wait after their work (OpenBLAS for about 2**28 cycles, ~0.1 s), and on a machine with
-            few cores those spinning threads steal the next library's cores; the pause lets them park.
+        settle_s: pause before a call whose ``pool`` differs from the previous call's, followed by one
+            untimed call. CPU thread pools busy-wait after their work (OpenBLAS for about 2**28 cycles,
+            ~0.1 s), and on a machine with few cores those spinning threads steal the next library's cores;
+            the pause lets them park, and the untimed call wakes the next pool up, so that every timed call
+            finds its own pool hot and the others asleep, as in a program that uses one library.
         on_step: called with ``(name, round)`` before each timed call (a progress display).
     """
     samples: dict[str, list[float]] = {name: [] for name in entries}
@@ -107,6 +109,7 @@ def interleaved(entries: Mapping[str, Entry], *, settle_s: float = 0.0,
     def settle(entry: Entry) -> None:
         if settle_s > 0 and last[0] is not None and last[0] != entry.pool:
             time.sleep(settle_s)
+            entry.thunk()
         last[0] = entry.pool
 
     for entry in entries.values():

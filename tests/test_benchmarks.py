@@ -106,3 +106,33 @@ def test_without_drops_a_flag_and_its_value() -> None:
     assert cli._without(argv, "--compare-coretypes") == ["--shapes", "x", "--quick", "--out=o"]
     assert cli._without(argv, "--out") == argv[:-1]
     assert cli._without(["--compare-coretypes", "--quick"], "--compare-coretypes") == ["--quick"]
+
+
+def test_interleaved_runs_rounds_grouped_by_pool_and_rewarms_after_a_switch() -> None:
+    from benchmarks.timing import Entry, interleaved, plan_repeats
+
+    events: list[str] = []
+
+    def timer(thunk):  # marks the next call as timed
+        events.append("T")
+        thunk()
+        return 1.0
+
+    entries = {name: Entry(lambda name=name: events.append(name), timer, repeat, pool, warmup=1)
+               for name, repeat, pool in (("a", 4, "blas"), ("b", 2, "blas"), ("c", 4, "torch"))}
+    samples = interleaved(entries, settle_s=1e-4)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 2, "c": 4}
+    timed = [events[i + 1] for i, e in enumerate(events) if e == "T"]
+    rounds = [timed[0:3], timed[3:6], timed[6:8], timed[8:10]]
+    assert [sorted(r) for r in rounds] == [["a", "b", "c"]] * 2 + [["a", "c"]] * 2
+    for r in rounds[:2]:  # a and b share a pool: never split by c
+        assert abs(r.index("a") - r.index("b")) == 1
+    # every timed call follows a call on its own pool: after a switch, an untimed call wakes the pool up
+    pool = {"a": "blas", "b": "blas", "c": "torch"}
+    calls = [(e, i > 0 and events[i - 1] == "T") for i, e in enumerate(events) if e != "T"]
+    for k, (name, was_timed) in enumerate(calls):
+        if was_timed:
+            assert k > 0 and pool[calls[k - 1][0]] == pool[name], calls[:k + 1]
+    assert plan_repeats(10.0, 15, 2, 5.0) == (1, 0)
+    assert plan_repeats(1.0, 15, 2, 5.0) == (5, 2)
+    assert plan_repeats(0.001, 15, 2, 5.0) == (15, 2)
