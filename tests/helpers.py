@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuconv.autotune.check import tolerance  # one formula for the tests and the tuner
 from gpuconv.problem import ConvProblem, make_problem
 
 
@@ -68,21 +69,6 @@ def random_inputs(case: Case, dtype: str, seed: int = 0) -> tuple[np.ndarray, np
     rng = np.random.default_rng(seed)
     draw = lambda shape: rng.uniform(-1, 1, shape).astype(dtype)  # noqa: E731
     return draw(case.x), draw(case.w), (draw((case.w[0],)) if case.bias else None)
-
-
-def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
-    """(rtol, atol) from the arithmetic: each output is a dot product of ``reduction`` terms of size <= ``scale``.
-
-    Rounding error of a length-n sum grows at most like ``n * eps * max|term|``; float16 inputs are accumulated
-    in float32 and rounded once to float16, so they get one float16 ulp relative on top of the float32 sum.
-    """
-    compute = np.float32 if problem.dtype == "float16" else np.dtype(problem.dtype)
-    eps = float(np.finfo(compute).eps)
-    atol = 4 * eps * (problem.reduction + 1) * scale
-    rtol = 2.0 ** -10 if problem.dtype == "float16" else 4 * eps
-    if problem.dtype == "float16":
-        atol += 2.0 ** -24  # float16 subnormal spacing
-    return rtol, atol
 
 
 def assert_matches(actual: Any, expected: np.ndarray, problem: ConvProblem, scale: float = 1.0) -> None:
