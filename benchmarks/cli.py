@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds of pause when timing passes from one library's thread pool to another's "
                         "(default 0.15 on the CPU, 0 on a GPU and with --quick)")
     p.add_argument("--contenders", help="comma-separated names or patterns, e.g. 'gpuconv:*,torch' (all)")
+    p.add_argument("--skip", help="comma-separated names or patterns to leave out, e.g. 'gpuconv:fft'")
     p.add_argument("--quick", action="store_true", help="a few repetitions and a short sweep: a smoke run")
     p.add_argument("--no-scaling", action="store_true", help="skip the time-against-input-size sweep")
     p.add_argument("--scaling-sizes", help="comma-separated H=W sizes of the sweep (8,16,...,512)")
@@ -62,6 +63,8 @@ def config_from(args: argparse.Namespace, command: str) -> Config:
                  progress=not args.no_progress, plots=not args.no_plots, command=command)
     if args.contenders:
         cfg.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if args.skip:
+        cfg.skip = [c.strip() for c in args.skip.split(",") if c.strip()]
     if args.scaling_sizes:
         cfg.scaling_sizes = [int(s) for s in args.scaling_sizes.split(",")]
     return cfg

@@ -66,21 +66,25 @@ class Lineup:
     missing: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def select(self, patterns: list[str] | None) -> "Lineup":
-        """Only the contenders whose name matches one of the shell-style ``patterns`` (all when None).
+    def select(self, patterns: list[str] | None, skip: list[str] | None = None) -> "Lineup":
+        """The contenders whose name matches one of the shell-style ``patterns`` (all when None) and none of
+        ``skip``.
 
         Raises:
             ValueError: a pattern that matches no contender; the message lists the names.
         """
-        if not patterns:
-            return self
         names = [c.name for c in self.contenders]
-        for pat in patterns:
-            if not fnmatch.filter(names, pat) and pat not in self.missing:
-                raise ValueError(f"--contenders: {pat!r} matches none of {names}")
-        keep = [c for c in self.contenders if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
-        missing = {k: v for k, v in self.missing.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
-        return Lineup(keep, missing, self.notes)
+        for option, pats in (("--contenders", patterns or []), ("--skip", skip or [])):
+            for pat in pats:
+                if not fnmatch.filter(names, pat) and pat not in self.missing:
+                    raise ValueError(f"{option}: {pat!r} matches none of {names}")
+
+        def wanted(name: str) -> bool:
+            return ((not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns))
+                    and not any(fnmatch.fnmatchcase(name, p) for p in skip or []))
+
+        return Lineup([c for c in self.contenders if wanted(c.name)],
+                      {k: v for k, v in self.missing.items() if wanted(k)}, self.notes)
 
 
 # ---- how a problem is passed to each library ---------------------------------------------

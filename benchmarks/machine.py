@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 # The vector-extension flags that decide which BLAS kernels can run; the full list is long and unhelpful.
@@ -124,6 +125,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def source_state() -> dict[str, Any]:
+    """The git commit of the gpuconv checkout that ran, and its files changed since (a dirty tree is named)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--", "gpuconv", "kernels"], cwd=root,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"note": f"git unavailable: {e}"}
+    if head.returncode != 0:
+        return {"note": "not a git checkout"}
+    return {"commit": head.stdout.strip(), "changed": [line[3:] for line in status.stdout.splitlines()]}
+
+
 def machine_info(backend: str) -> dict[str, Any]:
     """Everything about the machine worth printing next to a number measured on ``backend``."""
     info: dict[str, Any] = {
@@ -134,6 +149,7 @@ def machine_info(backend: str) -> dict[str, Any]:
         "thread_pools": blas_info(),
         "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
         "versions": versions(),
+        "gpuconv_source": source_state(),
     }
     if backend == "cuda":
         info["gpu"] = gpu_info()

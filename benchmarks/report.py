@@ -98,6 +98,10 @@ def machine_lines(result: dict[str, Any]) -> list[str]:
                      f"driver CUDA {g['driver']}, runtime CUDA {g['cuda_runtime']}")
     lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
     lines.append(f"- Platform: {m['platform']}")
+    src = m.get("gpuconv_source", {})
+    if "commit" in src:
+        changed = f", with uncommitted changes to {', '.join(src['changed'])}" if src["changed"] else ""
+        lines.append(f"- gpuconv source: commit {src['commit'][:12]}{changed}")
     load = result.get("load_average")
     if load:
         fmt = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731

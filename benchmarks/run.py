@@ -44,6 +44,7 @@ class Config:
     budget_s: float = 5.0
     settle_s: float | None = None
     contenders: list[str] | None = None
+    skip: list[str] | None = None
     quick: bool = False
     scaling: bool = True
     scaling_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512])
@@ -221,7 +222,7 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
     load_start = os.getloadavg()
     backend = cfg.resolved_backend()
     loaded = shapes_mod.load(cfg.shapes, batch=cfg.batch, dtype=cfg.dtype)
-    base = contenders_mod.lineup(backend).select(cfg.contenders)
+    base = contenders_mod.lineup(backend).select(cfg.contenders, cfg.skip)
     lineup = Lineup(base.contenders + list(extra), base.missing, base.notes)
     roofs = roof.measure(backend, quick=cfg.quick)
     settle = cfg.settle(backend)

@@ -96,9 +96,14 @@ def test_baselines_and_call_arguments_match_the_reference(tiny_shapes: Path) -> 
         assert make_problem(fn, problem.x_shape, problem.w_shape, problem.dtype, False, **kw) == problem
 
 
-def test_unknown_contender_pattern_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="matches none of"):
-        contenders.lineup("cpu").select(["nosuch"])
+def test_contender_selection_by_pattern_and_skip() -> None:
+    lineup = contenders.lineup("cpu")
+    picked = [c.name for c in lineup.select(["gpuconv:*", "numpy"], ["gpuconv:fft"]).contenders]
+    assert "gpuconv:auto" in picked and "numpy" in picked and "gpuconv:fft" not in picked and "jax" not in picked
+    with pytest.raises(ValueError, match="--contenders: 'nosuch' matches none of"):
+        lineup.select(["nosuch"])
+    with pytest.raises(ValueError, match="--skip: 'nosuch' matches none of"):
+        lineup.select(None, ["nosuch"])
 
 
 def test_without_drops_a_flag_and_its_value() -> None:
