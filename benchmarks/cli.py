@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from gpuconv import shapes
 
 from . import machine
 from .report import coretype_markdown, file_stem, fmt_summary, markdown, stem, write_json
@@ -122,13 +125,9 @@ def write(result: dict, out: Path, plots: bool) -> list[Path]:
 
 def compare_coretypes(args: argparse.Namespace, argv: list[str]) -> int:
     """Run the benchmark once per requested core type, each in its own process, and write a comparison page."""
-    import json
-
     base = _without(_without(argv, "--compare-coretypes"), "--openblas-coretype")
     out = (args.out or RESULTS / machine.slug("cpu")).resolve()
     base = _without(base, "--out") + ["--out", str(out)]
-    from gpuconv import shapes
-
     batch = args.batch if args.batch is not None else shapes.load(args.shapes)[0].problem.n
     results: dict[str, dict | str] = {}
     status = 0
