@@ -42,15 +42,16 @@ def _torch_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def contenders(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, peers: bool = True) -> list[Contender]:
-    """gpuconv's heuristic choice, every applicable CPU strategy variant, and the peers that are installed."""
+def contenders(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, peers: bool = True,
+               skip: tuple[str, ...] = ()) -> list[Contender]:
+    """gpuconv's heuristic choice, every applicable CPU strategy variant not in ``skip``, and installed peers."""
     from . import conv1d, conv2d, cpu
 
     fn = conv1d if problem.ndim == 1 else conv2d
     kw = _kwargs(problem)
     out = [Contender(f"gpuconv auto ({_label(cpu.heuristic(problem))})", "numpy", lambda: fn(x, w, **kw))]
     for name, strategy in cpu.STRATEGIES.items():
-        if not strategy.supports(problem):
+        if name in skip or not strategy.supports(problem):
             continue
         for params in strategy.variants(problem):
             plan = Plan(name, params, "forced")
@@ -183,12 +184,17 @@ def demo_set(spec: str, repeat: int, batch: int | None, stat: str = "median") ->
     rows: list[tuple[str, dict[str, float]]] = []
     for shape in layers:
         x, w = _inputs(shape.problem)
-        cands = contenders(shape.problem, x, w)
+        # FFT takes seconds on the small kernels of most networks; it is timed where kernels are large.
+        skip = () if shape.problem.r * shape.problem.s >= 25 else ("fft",)
+        cands = contenders(shape.problem, x, w, skip=skip)
         times = time_round_robin(cands, repeat, stat=stat)
         ours = {k: v for k, v in times.items() if not _is_peer(k)}
         times["gpuconv best"] = min(ours.values())
         rows.append((shape.name, times))
-        print(f"{shape.name:24s} " + "  ".join(f"{k}={v * 1e3:.3f}" for k, v in times.items()), flush=True)
+        ratios = "  ".join(f"{p.split()[0]}/auto={t / times[auto]:.2f}" for p, t in times.items() if _is_peer(p)
+                           for auto in [next(k for k in times if k.startswith("gpuconv auto"))])
+        print(f"{shape.name:24s} " + "  ".join(f"{k}={v * 1e3:.3f}" for k, v in times.items()) + "  | " + ratios,
+              flush=True)
     peers = sorted({k for _, t in rows for k in t if _is_peer(k)})
     # Strategy variants apply to some layers only; the geometric mean of each is over the layers it covers.
     labels = sorted({_short(k) for _, t in rows for k in t if not _is_peer(k)})

@@ -59,10 +59,11 @@ def heuristic(problem: ConvProblem) -> Plan:
     Thresholds were measured on a 2-core AMD EPYC (no AVX-512) with NumPy's OpenBLAS; ``python -m gpuconv.demo
     --shapes resnet50`` times every strategy per layer to check them on another machine.
     """
-    # The wide layout saves a slow strided gather but computes Wp - Q junk columns per row: im2col and
-    # direct gain up to about 7% of junk (res2, res3 of ResNet-50), lose at 14% (res4). Depthwise does no
-    # GEMM, and long contiguous runs beat short rows even at 29% junk (MobileNet's 7x7 layers).
-    wide = int(_views.wide_pays(problem, max_waste=0.08))
+    # The wide layout turns a gather of Q-element rows into long contiguous runs but computes Wp - Q junk
+    # columns per row. For im2col and direct it pays on narrow images with little junk (ResNet-50 res2 and
+    # res3, U-Net at 32-64 wide), not at 14% junk (res4) nor where rows are long already (VGG at 112-224).
+    # Depthwise does no GEMM: long runs win even at 29% junk (MobileNet's 7x7 layers).
+    wide = int(_views.wide_pays(problem, max_waste=0.08) and problem.q <= 64)
     if _pointwise.supports(problem):
         return Plan("pointwise", {}, "heuristic")
     if _depthwise.supports(problem) and problem.groups > 1:
