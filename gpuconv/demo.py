@@ -7,7 +7,8 @@ shipped shape set and prints the geometric-mean speed-ups.
 
 Timing: round-robin over the contenders, so a change in machine load hits all of them alike; medians of
 ``--repeat`` calls; a short pause whenever the next call uses another library's thread pool, because pools
-that busy-wait after their work (OpenBLAS, OpenMP) would otherwise steal the next library's cores.
+that busy-wait after their work (OpenBLAS, OpenMP) would otherwise steal the next library's cores, followed
+by one untimed call, because the first call after a pause is slow (parked threads, cold caches).
 """
 
 from __future__ import annotations
@@ -126,7 +127,11 @@ def time_round_robin(cands: list[Contender], repeat: int, *, warmup: int = 2, bu
             if i >= rounds[c.label]:
                 continue
             if c.pool != last_pool:
+                # Let the previous library's spinning threads park, then wake this library's threads with an
+                # untimed call: right after a pause a call runs up to 2x slower (parked threads, cold caches),
+                # and a contender alone in its pool would otherwise always be timed in that state.
                 time.sleep(settle_s)
+                c.call()
                 last_pool = c.pool
             t0 = time.perf_counter()
             c.call()
