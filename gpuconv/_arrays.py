@@ -75,11 +75,15 @@ def from_backend(kind: ArrayKind) -> Callable[[Any], Any]:
     return lambda y: y
 
 
+_FLOAT_NAMES = {np.dtype(n): n for n in ("float16", "float32", "float64")}
+
+
 def dtype_name(fn: str, name: str, a: Any) -> str:
     """The NumPy name of an array's dtype (``"float32"``), for any supported library."""
     dt = getattr(a, "dtype", None)
-    if isinstance(dt, np.dtype):  # NumPy and CuPy: str() is the name, and much cheaper than .name
-        return str(dt)
+    name = _FLOAT_NAMES.get(dt) if isinstance(dt, np.dtype) else None
+    if name is not None:  # the common case, without NumPy's Python-level dtype.name
+        return name
     try:
         return np.dtype(dt).name
     except TypeError:

@@ -8,6 +8,7 @@ has its own, and a request above :data:`MAX_BYTES` is allocated and dropped as u
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -23,7 +24,7 @@ def empty(role: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarr
     Two live arrays must not share a role: the second request returns the first one's memory.
     """
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > MAX_BYTES:
         return np.empty(shape, dtype)
     buffers: dict[str, np.ndarray] = _local.__dict__.setdefault("buffers", {})

@@ -7,6 +7,8 @@ dimensions of a single ``np.matmul`` (the weight broadcast over images).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..problem import ConvProblem
@@ -37,7 +39,7 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
     else:
         taps = _views.compact_taps(problem, _views.padded(problem, x))       # N, C, R, S, P, Q
     n, spatial = problem.n, taps.shape[4:]
-    length = int(np.prod(spatial))
+    length = math.prod(spatial)
     per_image = problem.c * problem.r * problem.s * length * x.itemsize
     chunk = max(1, min(n, COLS_BUDGET_BYTES // per_image))
     y = np.empty((n, g, kg, length), x.dtype)
