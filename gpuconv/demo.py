@@ -8,7 +8,7 @@ shipped shape set and prints the geometric-mean speed-ups.
 Timing: round-robin over the contenders, so a change in machine load hits all of them alike; medians of
 ``--repeat`` calls; a short pause whenever the next call uses another library's thread pool, because pools
 that busy-wait after their work (OpenBLAS, OpenMP) would otherwise steal the next library's cores, followed
-by one untimed call, because the first call after a pause is slow (parked threads, cold caches).
+by two untimed calls, because the first calls after a pause are slow (parked threads, cold caches).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .strategy import Plan
 
 RES3 = make_problem("conv2d", (1, 128, 28, 28), (128, 128, 3, 3), "float32", False, padding=1)
 SETTLE_S = 0.1
+AFTER_PAUSE_CALLS = 2
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,12 @@ def time_round_robin(cands: list[Contender], repeat: int, *, warmup: int = 2, bu
             if i >= rounds[c.label]:
                 continue
             if c.pool != last_pool:
-                # Let the previous library's spinning threads park, then wake this library's threads with an
-                # untimed call: right after a pause a call runs up to 2x slower (parked threads, cold caches),
-                # and a contender alone in its pool would otherwise always be timed in that state.
+                # Let the previous library's spinning threads park, then wake this library's threads with
+                # untimed calls: the first two calls after a pause run up to 2x and 1.3x slower (parked
+                # threads, cold caches), and a contender alone in its pool would always be timed that way.
                 time.sleep(settle_s)
-                c.call()
+                for _ in range(AFTER_PAUSE_CALLS):
+                    c.call()
                 last_pool = c.pool
             t0 = time.perf_counter()
             c.call()
