@@ -62,7 +62,8 @@ def wide_input(problem: ConvProblem, x: np.ndarray) -> np.ndarray:
 
 def wide_taps(problem: ConvProblem, flat: np.ndarray) -> np.ndarray:
     """Every tap of the wide layout as one view ``(N, C, R, S, P * Wp)`` of :func:`wide_input`'s buffer."""
-    assert problem.stride == (1, 1), "the wide layout needs stride 1"
+    if problem.stride != (1, 1):
+        raise ValueError(f"the wide layout needs stride 1, got stride={problem.stride}")
     hp, wp = padded_size(problem)
     dh, dw = problem.dilation
     e = flat.itemsize
