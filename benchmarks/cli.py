@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-sizes", help="comma-separated H=W sizes of the sweep (8,16,...,512)")
     p.add_argument("--scaling-channels", type=int, default=16, help="C = K of the sweep's 3x3 convolution (16)")
     p.add_argument("--naive-max", type=int, default=64, help="largest H=W the naive loops run at (64)")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="before timing, wait up to SECONDS for the 1-minute load average to fall below 0.3 x cores")
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--openblas-coretype", metavar="NAME",
@@ -63,7 +65,8 @@ def config_from(args: argparse.Namespace, command: str) -> Config:
                  repeat=args.repeat, warmup=args.warmup, budget_s=args.budget, settle_s=args.settle,
                  quick=args.quick, scaling=not args.no_scaling, scaling_channels=args.scaling_channels,
                  naive_max=args.naive_max,
-                 progress=not args.no_progress, plots=not args.no_plots, command=command)
+                 progress=not args.no_progress, plots=not args.no_plots, wait_idle_s=args.wait_idle,
+                 command=command)
     if args.contenders:
         cfg.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if args.skip:

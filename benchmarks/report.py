@@ -122,8 +122,9 @@ def markdown(result: dict[str, Any], plots: list[str] = ()) -> str:
     lines += machine_lines(result) + [""]
     roofs = result["roof"]
     r = roofs[s["dtype"]]
-    lines.append(f"Roof: {r['what']} at {r['size']}³: median {r['gflops']:.1f} GFLOP/s, best "
-                 f"{r['best_gflops']:.1f} GFLOP/s (the roof fractions below use the best).")
+    runs = ", ".join(f"{x['best_gflops']:.1f}" for x in r.get("runs", []))
+    lines.append(f"Roof: {r['what']} at {r['size']}³, best of {r['repeat']} calls, measured before and after the "
+                 f"layers ({runs} GFLOP/s): **{r['best_gflops']:.1f} GFLOP/s**, used for the roof fractions below.")
     if s["backend"] == "cuda" and "float16" in roofs:
         lines.append(f"fp16 GEMM roof: best {roofs['float16']['best_gflops']:.0f} GFLOP/s.")
     lines += ["", f"Timing: per contender the median of up to {s['repeat']} repetitions, run interleaved "

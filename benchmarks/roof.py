@@ -59,3 +59,13 @@ def measure(backend: str, quick: bool = False) -> dict[str, dict[str, Any]]:
     sgemm = {**cpu_gemm("float32", size), "what": "BLAS sgemm (np.matmul float32)"}
     dgemm = {**cpu_gemm("float64", size), "what": "BLAS dgemm (np.matmul float64)"}
     return {"float32": sgemm, "float16": sgemm, "float64": dgemm}
+
+
+def combine(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per dtype, the better of two measurements of the same roof, with both kept under ``runs``."""
+    out = {}
+    for dtype, a in before.items():
+        b = after[dtype]
+        best = a if a["best_gflops"] >= b["best_gflops"] else b
+        out[dtype] = {**best, "runs": [{k: v for k, v in r.items() if k != "runs"} for r in (a, b)]}
+    return out

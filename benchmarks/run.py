@@ -52,6 +52,7 @@ class Config:
     naive_max: int = 64
     progress: bool = True
     plots: bool = True
+    wait_idle_s: float = 0.0
     command: str = ""
 
     def resolved_backend(self) -> str:
@@ -212,6 +213,24 @@ def scaling_problems(cfg: Config) -> list[ConvProblem]:
             for s in cfg.scaling_sizes]
 
 
+def wait_for_idle(max_s: float, threshold: float = 0.3, poll_s: float = 10.0) -> bool:
+    """Wait up to ``max_s`` seconds for the 1-minute load average to fall below ``threshold`` x usable cores.
+
+    Multi-threaded BLAS and OpenMP pools slow down many times over when other work shares the cores, so a
+    run on a busy machine says more about the neighbours than about the contenders. Returns whether it is idle.
+    """
+    limit = threshold * machine.cores()
+    deadline = time.monotonic() + max_s
+    while os.getloadavg()[0] >= limit:
+        if time.monotonic() >= deadline:
+            if max_s > 0:
+                print(f"warning: still busy after {max_s:.0f} s (load {os.getloadavg()[0]:.2f} on "
+                      f"{machine.cores()} cores); timing anyway", file=sys.stderr)
+            return False
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+    return True
+
+
 def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
     """Run the whole benchmark described by ``cfg``; ``extra`` contenders join the lineup (tests use this).
 
@@ -219,12 +238,13 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
         The result dict (see the module docstring); nothing is written here.
     """
     cfg = cfg.quickened()
+    wait_for_idle(cfg.wait_idle_s)
     load_start = os.getloadavg()
     backend = cfg.resolved_backend()
     loaded = shapes_mod.load(cfg.shapes, batch=cfg.batch, dtype=cfg.dtype)
     base = contenders_mod.lineup(backend).select(cfg.contenders, cfg.skip)
     lineup = Lineup(base.contenders + list(extra), base.missing, base.notes)
-    roofs = roof.measure(backend, quick=cfg.quick)
+    first_roofs = roof.measure(backend, quick=cfg.quick)
     settle = cfg.settle(backend)
     scaling = scaling_problems(cfg) if cfg.scaling else []
 
@@ -234,22 +254,28 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
         p = shape.problem
         bar.problem(shape.name)
         strategy, source = contenders_mod.auto_plan(p, backend)
-        records = measure_problem(p, lineup.contenders, cfg, settle, bar.step)
-        best = add_figures(records, lineup.contenders, roofs[p.dtype]["best_gflops"])
-        rows.append({"name": shape.name, "count": shape.count, "problem": p.to_dict(), "flops": p.flops,
-                     "auto": {"strategy": strategy, "source": source}, "best_peer": best, "results": records})
+        rows.append({"name": shape.name, "count": shape.count, "load_1min": os.getloadavg()[0],
+                     "problem": p.to_dict(), "flops": p.flops, "auto": {"strategy": strategy, "source": source},
+                     "results": measure_problem(p, lineup.contenders, cfg, settle, bar.step)})
         bar.advance()
-
     sweep = []
     naive = contenders_mod.naive_loops()
     for p in scaling:
         bar.problem(f"scaling H=W={p.h}")
-        lineup_p = lineup.contenders + ([naive] if p.h <= cfg.naive_max else [])
-        records = measure_problem(p, lineup_p, cfg, settle, bar.step)
-        add_figures(records, lineup_p, roofs[p.dtype]["best_gflops"])
-        sweep.append({"size": p.h, "problem": p.to_dict(), "flops": p.flops, "results": records})
+        with_naive = lineup.contenders + ([naive] if p.h <= cfg.naive_max else [])
+        sweep.append({"size": p.h, "problem": p.to_dict(), "flops": p.flops,
+                      "results": measure_problem(p, with_naive, cfg, settle, bar.step)})
         bar.advance()
     bar.close()
+
+    # The roof is measured before and after, and the better of the two kept: a GEMM that shared the machine
+    # with other work would otherwise understate it.
+    roofs = roof.combine(first_roofs, roof.measure(backend, quick=cfg.quick))
+    everyone = lineup.contenders + [naive]
+    for row in rows:
+        row["best_peer"] = add_figures(row["results"], everyone, roofs[cfg.dtype]["best_gflops"])
+    for point in sweep:
+        add_figures(point["results"], everyone, roofs[cfg.dtype]["best_gflops"])
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     settings.update(backend=backend, settle_s=settle, shapes_path=str(shapes_mod.resolve(cfg.shapes)))
