@@ -198,6 +198,19 @@ def _resolve_padding(fn: str, padding: Padding, ndim: int, stride: tuple[int, ..
     return tuple(v for p in pads for v in (p, p))
 
 
+# Problems already built from plain arguments (exact ints, strings, tuples of exact ints). Validation costs
+# tens of microseconds per call, a tenth of a small convolution on the CPU; a network calls the same few
+# layers again and again. Only successes are kept, and a bool or float never forms a key, so an argument
+# that must be rejected (groups=True, stride=1.0) is never served from here.
+_MEMO: dict[tuple[Any, ...], ConvProblem] = {}
+_MEMO_MAX = 4096
+
+
+def _plain(v: object) -> bool:
+    t = type(v)
+    return t is int or t is str or (t is tuple and all(type(e) is int for e in v))  # type: ignore[union-attr]
+
+
 def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: str, has_bias: bool, *,
                  stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1) -> ConvProblem:
     """Validate shapes and options and build the problem. Raises ``ValueError``/``TypeError`` naming ``fn``.
@@ -208,6 +221,23 @@ def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dt
         dtype: the common dtype name of x, w (and bias); must be in :data:`DTYPES`.
         has_bias: whether a bias of shape ``(K,)`` is given (its shape is checked by the caller).
     """
+    key = None
+    if _plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups) and _plain(dtype):
+        key = (fn, tuple(x_shape), tuple(w_shape), dtype, bool(has_bias), stride, padding, dilation, groups)
+        found = _MEMO.get(key)
+        if found is not None:
+            return found
+    problem = _make_problem(fn, x_shape, w_shape, dtype, has_bias, stride=stride, padding=padding,
+                            dilation=dilation, groups=groups)
+    if key is not None:
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO[key] = problem
+    return problem
+
+
+def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: str, has_bias: bool, *,
+                  stride: IntOrPair, padding: Padding, dilation: IntOrPair, groups: int) -> ConvProblem:
     ndim = 1 if fn.endswith("1d") else 2
     x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
     layout = "(N, C, L)" if ndim == 1 else "(N, C, H, W)"

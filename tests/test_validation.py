@@ -248,3 +248,21 @@ def test_error_messages_name_the_function() -> None:
         with pytest.raises(exc) as info:
             call()
         assert re.match(r"conv[12]d: ", str(info.value)), (name, str(info.value))
+
+
+def test_memoized_problems_do_not_hide_bad_arguments() -> None:
+    """make_problem remembers valid problems; look-alike arguments of the wrong type must still be refused."""
+    assert gpuconv.conv2d(X, W, groups=2, stride=1, padding=(1, 1)).shape == (1, 6, 8, 8)
+    assert gpuconv.conv2d(X, W, groups=2, stride=1, padding=(1, 1)).shape == (1, 6, 8, 8)
+    with pytest.raises(TypeError, match=r"conv2d: groups must be an int, got bool"):
+        gpuconv.conv2d(X[:, :2], W[:, :2], groups=True)
+    gpuconv.conv2d(X[:, :2], W[:, :2], groups=1)
+    with pytest.raises(TypeError, match=r"conv2d: groups must be an int, got bool"):
+        gpuconv.conv2d(X[:, :2], W[:, :2], groups=True)
+    with pytest.raises(TypeError, match=r"conv2d: stride must be an int or a tuple of 2 ints, got float"):
+        gpuconv.conv2d(X, W, groups=2, stride=1.0, padding=(1, 1))
+    with pytest.raises(TypeError, match=r"conv2d: padding must contain ints, got \(1.0, 1\)"):
+        gpuconv.conv2d(X, W, groups=2, stride=1, padding=(1.0, 1))
+    a = make_problem("conv2d", (1, 4, 8, 8), (6, 2, 3, 3), "float32", False, groups=2, padding=1)
+    b = make_problem("conv2d", (1, 4, 8, 8), (6, 2, 3, 3), "float32", False, groups=np.int64(2), padding=1)
+    assert a == b and type(b.groups) is int
