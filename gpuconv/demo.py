@@ -46,12 +46,15 @@ def _torch_threads() -> int:
 
 def contenders(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, peers: bool = True,
                skip: tuple[str, ...] = ()) -> list[Contender]:
-    """gpuconv's heuristic choice, every applicable CPU strategy variant not in ``skip``, and installed peers."""
+    """gpuconv's ``auto`` choice (tuned or heuristic), every applicable CPU strategy variant not in ``skip``, and
+    installed peers."""
     from . import conv1d, conv2d, cpu
+    from . import plan as _plan
 
     fn = conv1d if problem.ndim == 1 else conv2d
     kw = _kwargs(problem)
-    out = [Contender(f"gpuconv auto ({_label(cpu.heuristic(problem))})", "numpy", lambda: fn(x, w, **kw))]
+    auto = _plan.choose(fn.__name__, problem, "cpu", cpu, "auto")
+    out = [Contender(f"gpuconv auto ({_label(auto)}, {auto.source})", "numpy", lambda: fn(x, w, **kw))]
     for name, strategy in cpu.STRATEGIES.items():
         if name in skip or not strategy.supports(problem):
             continue
