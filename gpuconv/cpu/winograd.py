@@ -1,0 +1,157 @@
+"""Winograd F(2x2, 3x3): 3x3 stride-1 convolutions with 2.25x fewer multiplies than im2col.
+
+The padded input is cut into 4x4 tiles with step 2 (each yields a 2x2 block of output); per tile
+``V = Bt d B``, per filter ``U = G g Gt``, then every one of the 16 transform positions is a GEMM
+``V[pos] (N*tiles x C/G) @ U[pos] (C/G x K/G)`` -- one batched ``np.matmul`` over (position, group) --
+and ``Y = At M A`` gives the output. The transforms only hold 0, +-1 and +-1/2: the tile transforms are
+adds and subtracts of strided views, and the error stays that of a short sum, within the usual tolerance.
+
+The work runs channels-last (NHWC). With 4x4 tiles at step 2, an NCHW transform is a strided op whose
+inner loop is one row of tiles (14 elements on a 28x28 image), and NumPy's per-loop overhead dominates;
+channels-last, every inner loop runs over at least ``C`` contiguous values. Layouts (TH x TW tiles):
+
+* the padded input ``(N, 2*TH + 2, 2*TW + 2, C)``: one transposing copy of ``x`` with a zero border;
+* ``V`` ``(N*TH*TW, 4, 4, C)``: all 16 positions of a tile side by side, so that each transform stage is
+  three ufunc calls on runs of ``2C`` to ``8C`` values; position ``p``'s GEMM operand is the view
+  ``V[:, p]``, rows ``16C`` apart, which BLAS reads in place;
+* ``U`` ``(16, G, C/G, K/G)``: one small GEMM ``kron(G, G) @ w`` (9 taps -> 16 positions), a transposed view;
+* ``M = V @ U`` ``(16, N*TH*TW, K)``; groups are strided views of ``V`` and ``M``;
+* the output transform reads ``M`` channels-last and writes the NCHW output ``(N, K, 2*TH, 2*TW)``
+  directly, whose view drops the last row/column when ``P``/``Q`` is odd.
+
+Positions are stored in the order ``(0, 3, 1, 2)`` along each axis (:data:`_ORDER`): ``Bt``'s rows 0 and 3
+are both "this pair of columns minus the next pair", so one subtraction of two views of the input
+computes them together.
+
+Non-finite inputs: Winograd mixes every value of a tile into every transform position, so an Inf that
+direct convolution confines to its receptive field turns into ``Inf - Inf = NaN`` across the tile. When
+the result holds any non-finite value the problem is recomputed with im2col, which places NaN and Inf
+exactly as PyTorch does (finite inputs take that path only if the transformed values overflow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..problem import ConvProblem
+from . import _scratch
+from . import im2col as _im2col
+
+_ORDER = (0, 3, 1, 2)  # the transform position stored at each index of a tile axis
+
+# U = G g Gt for all 3x3 filters at once: vec(U) = kron(G, G) vec(g), rows in the stored position order.
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])[list(_ORDER)]
+_KRON = {np.dtype(t): np.kron(_G, _G).astype(t) for t in (np.float32, np.float64)}  # (16, 9)
+
+
+def supports(problem: ConvProblem) -> bool:
+    """A 3x3 kernel, stride 1, dilation 1 and at least two input channels per group.
+
+    One input channel per group (depthwise) would make every GEMM an outer product of width one: the
+    ``depthwise`` strategy's multiply-adds are the better path there, so Winograd does not claim it.
+    """
+    return ((problem.r, problem.s, problem.stride, problem.dilation) == (3, 3, (1, 1), (1, 1))
+            and problem.cg > 1)
+
+
+def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Convolve by Winograd F(2x2, 3x3).
+
+    Args:
+        problem: the validated problem (see :func:`supports`).
+        x: ``(N, C, H, W)`` in the compute dtype (float32 or float64), any strides.
+        w: ``(K, C/G, 3, 3)`` in the compute dtype, any strides.
+
+    Returns:
+        ``(N, K, P, Q)`` in the compute dtype (a view dropping the last row/column when ``P``/``Q`` is odd).
+    """
+    n, k, g, cg, kg = problem.n, problem.k, problem.groups, problem.cg, problem.kg
+    th, tw = (problem.p + 1) // 2, (problem.q + 1) // 2
+    rows = n * th * tw
+    v = _input_transform(problem, x, th, tw).reshape(rows, 16, g, cg)
+    u = _filter_transform(problem, w)                                         # 16, G, C/G, K/G
+    m = _scratch.empty("winograd_m", (16, rows, k), x.dtype)
+    # Per position and group: (N*TH*TW x C/G) @ (C/G x K/G), operands and result read/written in place.
+    np.matmul(v.transpose(1, 2, 0, 3), u, out=m.reshape(16, rows, g, kg).transpose(0, 2, 1, 3))
+    y = np.empty((n, k, 2 * th, 2 * tw), x.dtype)
+    _output_transform(m.reshape(4, 4, n, th, tw, k), y.reshape(n, k, th, 2, tw, 2))
+    if not np.isfinite(y.sum()):
+        return _im2col.im2col(problem, x, w)
+    return y[:, :, :problem.p, :problem.q]
+
+
+def _padded_channels_last(problem: ConvProblem, x: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """``x`` as ``(N, 2*TH + 2, 2*TW + 2, C)`` (scratch): zero border, one extra zero row/column when P/Q is odd.
+
+    :func:`gpuconv.cpu._views.pad` does the same for NCHW; this copy also moves the channels last.
+    """
+    n, c, h, w = x.shape
+    t, l = problem.padding[0], problem.padding[2]
+    xp = _scratch.empty("winograd_pad", (n, 2 * th + 2, 2 * tw + 2, c), x.dtype)
+    xp[:, :t] = 0
+    xp[:, t + h:] = 0
+    xp[:, t:t + h, :l] = 0
+    xp[:, t:t + h, l + w:] = 0
+    np.copyto(xp[:, t:t + h, l:l + w], x.transpose(0, 2, 3, 1))
+    return xp
+
+
+def _input_transform(problem: ConvProblem, x: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """``V = Bt d B`` for every 4x4 tile (step 2) of the padded input, as ``(N, TH, TW, 4, 4, C)``.
+
+    ``Bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``, rows stored in :data:`_ORDER`.
+    Seen in pairs of columns ``(2t, 2t + 1)``, rows 0 and 3 are ``pair t - pair t+1``; rows 1 and 2 are
+    ``2t+1 + 2t+2`` and ``2t+2 - 2t+1``. First along columns, then the same along rows.
+    """
+    n, c = problem.n, problem.c
+    xp = _padded_channels_last(problem, x, th, tw)
+    hp = xp.shape[1]
+    pairs = xp.reshape(n, hp, tw + 1, 2, c)                                   # column pairs
+    cols = _scratch.empty("winograd_cols", (n, hp, tw, 4, c), x.dtype)
+    _pair_transform(pairs, cols, axis=2)
+    v = _scratch.empty("winograd_v", (n, th, tw, 4, 4, c), x.dtype)
+    _pair_transform(cols.reshape(n, th + 1, 2, tw, 4, c), v.transpose(0, 1, 3, 2, 4, 5), axis=1)
+    return v
+
+
+def _pair_transform(pairs: np.ndarray, out: np.ndarray, axis: int) -> None:
+    """``Bt`` along ``axis`` of ``pairs`` (its pair index; the next axis holds the pair) into ``out``.
+
+    ``pairs`` has ``T + 1`` pairs along ``axis``; ``out`` has ``T`` tiles there and the 4 stored positions
+    on the next axis.
+    """
+    lo = (slice(None),) * axis
+    this, nxt = pairs[lo + (slice(None, -1),)], pairs[lo + (slice(1, None),)]
+    np.subtract(this, nxt, out=out[lo + (slice(None), slice(0, 2))])          # positions 0 and 3
+    np.add(this[lo + (slice(None), 1)], nxt[lo + (slice(None), 0)], out=out[lo + (slice(None), 2)])   # 1
+    np.subtract(nxt[lo + (slice(None), 0)], this[lo + (slice(None), 1)], out=out[lo + (slice(None), 3)])  # 2
+
+
+def _filter_transform(problem: ConvProblem, w: np.ndarray) -> np.ndarray:
+    """``U = G g Gt`` for every filter, as a ``(16, G, C/G, K/G)`` view: each position's GEMM operand, per group.
+
+    Computed as ``(16, K * C/G)`` from the taps of ``w`` in their own order (a transposed operand that BLAS
+    reads in place) and returned transposed, which BLAS also takes as it is; gathering ``w`` into
+    ``(9, G, C/G, K/G)`` first would cost several times the product on large layers.
+    """
+    g, cg, kg = problem.groups, problem.cg, problem.kg
+    u = _scratch.empty("winograd_u", (16, g, kg, cg), w.dtype)
+    np.matmul(_KRON[w.dtype], w.reshape(-1, 9).T, out=u.reshape(16, -1))
+    return u.transpose(0, 1, 3, 2)
+
+
+def _output_transform(m: np.ndarray, y6: np.ndarray) -> None:
+    """``Y = At M A`` with ``At = [[1, 1, 1, 0], [0, 1, -1, -1]]``, from ``m`` ``(4, 4, N, TH, TW, K)`` (positions
+    in :data:`_ORDER`) into the NCHW output ``y6`` ``(N, K, TH, 2, TW, 2)``: along rows into a scratch, then
+    along columns into ``y6``, transposing on the way (cheaper than a separate transposing copy)."""
+    # In stored order (0, 3, 1, 2): out0 = m[0] + m[2] + m[3], out1 = m[2] - m[3] - m[1].
+    s = _scratch.empty("winograd_s", (2, *m.shape[1:]), m.dtype)            # 2, 4, N, TH, TW, K
+    np.add(m[0], m[2], out=s[0])
+    s[0] += m[3]
+    np.subtract(m[2], m[3], out=s[1])
+    s[1] -= m[1]
+    out = y6.transpose(5, 3, 0, 2, 4, 1)                                     # 2 (col), 2 (row), N, TH, TW, K
+    np.add(s[:, 0], s[:, 2], out=out[0])
+    out[0] += s[:, 3]
+    np.subtract(s[:, 2], s[:, 3], out=out[1])
+    out[1] -= s[:, 1]
