@@ -16,8 +16,8 @@ channels-last, every inner loop runs over at least ``C`` contiguous values. Layo
   ``V[:, p]``, rows ``16C`` apart, which BLAS reads in place;
 * ``U`` ``(16, G, C/G, K/G)``: one small GEMM ``kron(G, G) @ w`` (9 taps -> 16 positions), a transposed view;
 * ``M = V @ U`` ``(16, N*TH*TW, K)``; groups are strided views of ``V`` and ``M``;
-* the output transform reads ``M`` channels-last and writes the NCHW output ``(N, K, 2*TH, 2*TW)``
-  directly, whose view drops the last row/column when ``P``/``Q`` is odd.
+* the output transform writes ``(N, 2*TH, 2*TW, K)`` (rows ``K + 16`` apart), copied once into the NCHW
+  output, dropping the last row/column when ``P``/``Q`` is odd.
 
 Positions are stored in the order ``(0, 3, 1, 2)`` along each axis (:data:`_ORDER`): ``Bt``'s rows 0 and 3
 are both "this pair of columns minus the next pair", so one subtraction of two views of the input
@@ -63,7 +63,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         w: ``(K, C/G, 3, 3)`` in the compute dtype, any strides.
 
     Returns:
-        ``(N, K, P, Q)`` in the compute dtype (a view dropping the last row/column when ``P``/``Q`` is odd).
+        ``(N, K, P, Q)`` in the compute dtype, C-contiguous.
     """
     n, k, g, cg, kg = problem.n, problem.k, problem.groups, problem.cg, problem.kg
     th, tw = (problem.p + 1) // 2, (problem.q + 1) // 2
@@ -73,11 +73,15 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     m = _scratch.empty("winograd_m", (16, rows, k), x.dtype)
     # Per position and group: (N*TH*TW x C/G) @ (C/G x K/G), operands and result read/written in place.
     np.matmul(v.transpose(1, 2, 0, 3), u, out=m.reshape(16, rows, g, kg).transpose(0, 2, 1, 3))
-    y = np.empty((n, k, 2 * th, 2 * tw), x.dtype)
-    _output_transform(m.reshape(4, 4, n, th, tw, k), y.reshape(n, k, th, 2, tw, 2))
-    if not np.isfinite(y.sum()):
+    # Channels-last rows K + 16 apart: with a power-of-two K and P*Q, NCHW written (or read) K-innermost hits
+    # one cache set over and over (5-8x slower at 32x32); this pitch keeps both the transform and the copy fast.
+    yt = _scratch.empty("winograd_y", (n, th, 2, tw, 2, k + 16), x.dtype)[..., :k]   # N, 2*TH, 2*TW, K
+    _output_transform(m.reshape(4, 4, n, th, tw, k), yt)
+    if not np.isfinite(yt.sum()):
         return _im2col.im2col(problem, x, w)
-    return y[:, :, :problem.p, :problem.q]
+    y = np.empty(problem.out_shape4, x.dtype)
+    np.copyto(y, yt.reshape(n, 2 * th, 2 * tw, k)[:, :problem.p, :problem.q].transpose(0, 3, 1, 2))
+    return y
 
 
 def _padded_channels_last(problem: ConvProblem, x: np.ndarray, th: int, tw: int) -> np.ndarray:
@@ -140,17 +144,16 @@ def _filter_transform(problem: ConvProblem, w: np.ndarray) -> np.ndarray:
     return u.transpose(0, 1, 3, 2)
 
 
-def _output_transform(m: np.ndarray, y6: np.ndarray) -> None:
+def _output_transform(m: np.ndarray, yt: np.ndarray) -> None:
     """``Y = At M A`` with ``At = [[1, 1, 1, 0], [0, 1, -1, -1]]``, from ``m`` ``(4, 4, N, TH, TW, K)`` (positions
-    in :data:`_ORDER`) into the NCHW output ``y6`` ``(N, K, TH, 2, TW, 2)``: along rows into a scratch, then
-    along columns into ``y6``, transposing on the way (cheaper than a separate transposing copy)."""
+    in :data:`_ORDER`) into ``yt`` ``(N, TH, 2, TW, 2, K)``: along rows into a scratch, then along columns."""
     # In stored order (0, 3, 1, 2): out0 = m[0] + m[2] + m[3], out1 = m[2] - m[3] - m[1].
     s = _scratch.empty("winograd_s", (2, *m.shape[1:]), m.dtype)            # 2, 4, N, TH, TW, K
     np.add(m[0], m[2], out=s[0])
     s[0] += m[3]
     np.subtract(m[2], m[3], out=s[1])
     s[1] -= m[1]
-    out = y6.transpose(5, 3, 0, 2, 4, 1)                                     # 2 (col), 2 (row), N, TH, TW, K
+    out = yt.transpose(4, 2, 0, 1, 3, 5)                                     # 2 (col), 2 (row), N, TH, TW, K
     np.add(s[:, 0], s[:, 2], out=out[0])
     out[0] += s[:, 3]
     np.subtract(s[:, 2], s[:, 3], out=out[1])
