@@ -89,10 +89,11 @@ def _winograd_pays(problem: ConvProblem) -> bool:
     group they eat the saving (ResNet-50 res2, 64 channels at 56x56: 0.84x im2col). Its filter transform
     costs 16 K C/G, paid once per call: with too few tiles it outweighs the GEMM (res5, 512 channels at 7x7
     and batch 1, 16 tiles: 0.68x; at batch 8, 128 tiles: 1.28x). res3 (196 tiles) and res4 (49) gain ~1.1x
-    at batch 1 and res3 1.25x at batch 8.
+    at batch 1 and res3 1.25x at batch 8. Large images lose again, their transformed tiles no longer fitting
+    the caches (VGG-16 128 channels at 112x112, 3136 tiles: 0.68x; 128 -> 256 at 56x56, 784 tiles: 1.03x).
     """
     tiles = problem.n * ((problem.p + 1) // 2) * ((problem.q + 1) // 2)
-    return _winograd.supports(problem) and problem.cg >= 128 and tiles >= 48
+    return _winograd.supports(problem) and problem.cg >= 128 and 48 <= tiles <= 1024
 
 
 # Rates measured on a 2-core AMD EPYC (no AVX-512) with NumPy's OpenBLAS and scipy's pocketfft, used only to compare
