@@ -33,13 +33,13 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _title(result: dict[str, Any]) -> str:
+def _title(result: dict[str, Any], workload: bool = True) -> str:
     s, m = result["settings"], result["machine"]
     where = m["gpu"]["name"] if m.get("gpu") else f"{m['cpu']['model']}, {m['cpu']['cores']} cores"
     blas = m.get("blas", {}).get("architecture")
     batch = result["shapes"][0]["problem"]["n"] if result["shapes"] else s["batch"]
-    return (f"{Path(s['shapes']).stem}, batch {batch}, {s['dtype']} — {where}"
-            + (f", OpenBLAS {blas}" if blas and s["backend"] == "cpu" else ""))
+    what = f"{Path(s['shapes']).stem}, batch {batch}, {s['dtype']} — " if workload else f"{s['dtype']} — "
+    return what + where + (f", OpenBLAS {blas}" if blas and s["backend"] == "cpu" else "")
 
 
 def _grouped_bars(rows: list[dict[str, Any]], series: list[tuple[str, str, list[float]]], path: Path, *,
@@ -132,7 +132,8 @@ def scaling_lines(result: dict[str, Any], path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("input height = width (pixels)")
     ax.set_ylabel("median time (s)")
-    ax.set_title(f"Time against input size: {result['scaling']['template']}\n{_title(result)}", fontsize=10)
+    ax.set_title(f"Time against input size: {result['scaling']['template']}\n{_title(result, workload=False)}",
+                 fontsize=10)
     ax.grid(which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path)
