@@ -6,88 +6,36 @@ comparison. Strategies added to ``gpuconv.cuda.STRATEGIES`` are picked up automa
 
 from __future__ import annotations
 
-import functools
+import importlib
 
 import numpy as np
 import pytest
 
+from cuda_cases import GEMM_EXTRA, VARIANTS, cases_for, check, reference
 from emu import EmuExecutor
 from gpuconv.cuda import STRATEGIES, gemm, heuristic, im2col, pointwise, run_plan
 from gpuconv.cuda.compile import KernelError
-from gpuconv.problem import ConvProblem
 from gpuconv.strategy import Plan
-from gpuconv.reference import run_problem
 from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
-# Shapes beyond the shared grid that stress the GEMM's edges: partial tiles in M, N and K, a reduction of many
-# slices, image widths that are and are not multiples of the vector width, and many groups.
-EXTRA: list[Case] = [
-    Case((3, 37, 5, 7), (70, 37, 1, 1)),                          # 1x1: K, N, M all ragged, no vector loads
-    Case((2, 24, 4, 8), (40, 12, 1, 1), groups=2),                # 1x1 grouped, vectorizable columns
-    Case((2, 5, 9, 11), (131, 5, 3, 3), padding=1, bias=False),  # M beyond one 128 tile
-    Case((1, 40, 6, 6), (8, 40, 3, 3), padding=1),                # reduction of 360: many BK slices
-]
-
-
-# EXTRA targets kernels/gemm.cu; other kernels' own test files carry the edge cases of their kernels.
-GEMM_STRATEGIES = ("im2col", "pointwise")
-
-
-def _supported(cases: list[Case]) -> list[tuple[str, Case]]:
-    return [(name, case) for name in sorted(STRATEGIES) for case in cases
-            if STRATEGIES[name].supports(case.problem()) and (case not in EXTRA or name in GEMM_STRATEGIES)]
-
-
-@functools.lru_cache(maxsize=None)
-def _reference(case: Case, dtype: str, seed: int) -> np.ndarray:
-    x, w, b = random_inputs(case, dtype, seed)
-    return run_problem(case.problem(dtype), x, w, b)
-
-
-def run_emulated(name: str, case: Case, dtype: str, params: dict[str, int], *, seed: int = 0,
-                 misalign: bool = False) -> tuple[np.ndarray, ConvProblem, EmuExecutor]:
-    """Run strategy ``name`` on the emulated device; ``misalign`` shifts x and w off 16-byte alignment."""
-    problem = case.problem(dtype)
-    x, w, b = random_inputs(case, dtype, seed)
-    ex = EmuExecutor(seed=seed)
-
-    def device(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        if not misalign:
-            return ex.to_device(a.reshape(shape))
-        buf = ex.empty((a.size + 1,), a.dtype)
-        view = buf[1:].reshape(shape)  # contiguous, but one element past an aligned address
-        view[...] = a.reshape(shape)
-        return view
-
-    xd = device(x, (problem.n, problem.c, problem.h, problem.w))
-    wd = device(w, (problem.k, problem.cg, problem.r, problem.s))
-    bd = None if b is None else ex.to_device(b)
-    y = ex.empty(problem.out_shape4, dtype)
-    y[...] = np.nan
-    STRATEGIES[name].run(ex, problem, params, xd, wd, bd, y)
-    return y.reshape(problem.out_shape), problem, ex
-
-
-def check(name: str, case: Case, dtype: str, params: dict[str, int], **kw: object) -> EmuExecutor:
-    y, problem, ex = run_emulated(name, case, dtype, params, **kw)
-    assert_matches(y, _reference(case, dtype, int(kw.get("seed", 0))), problem)
-    return ex
+# Every strategy on the shared grid plus its kernel's own edge cases.
+SUPPORTED = [(name, case) for name in sorted(STRATEGIES) for case in cases_for(name)]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name,case", _supported(CASES + EXTRA), ids=lambda v: str(v))
+@pytest.mark.parametrize("name,case", SUPPORTED, ids=lambda v: str(v))
 def test_defaults(name: str, case: Case, dtype: str) -> None:
     check(name, case, dtype, dict(STRATEGIES[name].defaults))
 
 
-@pytest.mark.parametrize("name,case", [v[0] for v in sample_product(_supported(CASES + EXTRA), limit=12, seed=4)],
+@pytest.mark.parametrize("name,case", [v[0] for v in sample_product(SUPPORTED, limit=24, seed=4)],
                          ids=lambda v: str(v))
 def test_defaults_float16(name: str, case: Case) -> None:
     check(name, case, "float16", dict(STRATEGIES[name].defaults))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", CASES + EXTRA, ids=str)
+@pytest.mark.parametrize("case", CASES + GEMM_EXTRA, ids=str)
 def test_heuristic_plan(case: Case, dtype: str) -> None:
     """The plan ``auto`` takes without tuning: its strategy and problem-specific parameters."""
     problem = case.problem(dtype)
@@ -109,12 +57,12 @@ def _variants(name: str) -> list[dict[str, int]]:
     uneven = max(points, key=lambda v: max(shape(v)) / min(shape(v)))
     largest = max(points, key=lambda v: (np.prod(shape(v)), shape(v)))
     smallest = min(points, key=lambda v: (np.prod(shape(v)), shape(v)))
-    picked = [uneven, largest, smallest] + [v[0] for v in sample_product(points, limit=3, seed=5)]
+    picked = VARIANTS.get(name, []) + [uneven, largest, smallest] + [v[0] for v in sample_product(points, limit=3, seed=5)]
     return list({tuple(sorted(v.items())): v for v in picked}.values())
 
 
 VARIANT_CASES = [(name, params, case, dtype) for name in sorted(STRATEGIES) for i, params in enumerate(_variants(name))
-                 for case, dtype in sample_product([c for n, c in _supported(CASES + EXTRA) if n == name],
+                 for case, dtype in sample_product(cases_for(name),
                                                    ["float32", "float64"], limit=3, seed=i)]
 
 
@@ -125,7 +73,7 @@ def test_variants(name: str, params: dict[str, int], case: Case, dtype: str) -> 
     check(name, case, dtype, params, seed=3)  # seed != 0: threads run in shuffled order between barriers
 
 
-@pytest.mark.parametrize("name,case", [("im2col", CASES[2]), ("im2col", EXTRA[2]), ("pointwise", EXTRA[0]),
+@pytest.mark.parametrize("name,case", [("im2col", CASES[2]), ("im2col", GEMM_EXTRA[2]), ("pointwise", GEMM_EXTRA[0]),
                                        ("pointwise", CASES[1])], ids=str)
 def test_unaligned_inputs_take_the_scalar_path(name: str, case: Case) -> None:
     check(name, case, "float32", dict(STRATEGIES[name].defaults), misalign=True)
@@ -148,7 +96,7 @@ def test_pointwise_chunks_images(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_launch_geometry() -> None:
-    case = EXTRA[2]  # K=131 output channels, 9x11 outputs, 2 images
+    case = GEMM_EXTRA[2]  # K=131 output channels, 9x11 outputs, 2 images
     params = {"BM": 64, "BN": 32, "BK": 16, "TM": 4, "TN": 2}
     ex = check("im2col", case, "float32", params)
     cols, gemm_launch = ex.launches
@@ -191,7 +139,7 @@ def test_run_plan_as_execute_does(case: Case) -> None:
     x, w, b = random_inputs(case, "float32")
     xt = np.asfortranarray(x)  # not C-contiguous: execute must copy
     y = run_plan(EmuExecutor(seed=2), problem, heuristic(problem), xt, w, b)
-    assert_matches(y, _reference(case, "float32", 0), problem)
+    assert_matches(y, reference(case, "float32", 0), problem)
 
 
 def test_run_plan_empty_batch_and_bad_params() -> None:
@@ -202,3 +150,26 @@ def test_run_plan_empty_batch_and_bad_params() -> None:
     assert y.shape == (0, 4, 6, 6) and not ex.launches
     with pytest.raises(ValueError, match="not valid for the CUDA strategy 'im2col'"):
         run_plan(ex, CASES[2].problem(), Plan("im2col", {"BM": 48}), *random_inputs(CASES[2], "float32"))
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_hand_picked_variants_are_valid_and_distinct(name: str) -> None:
+    strategy, variants = STRATEGIES[name], VARIANTS[name]
+    assert all(strategy.valid(v) for v in variants)
+    assert len({tuple(sorted(v.items())) for v in variants + [dict(strategy.defaults)]}) == len(variants) + 1
+
+
+HEURISTIC_PARAMS = {name: importlib.import_module(f"gpuconv.cuda.{name}").heuristic_params
+                    for name in sorted(STRATEGIES)
+                    if hasattr(importlib.import_module(f"gpuconv.cuda.{name}"), "heuristic_params")}
+
+
+@pytest.mark.parametrize(("name", "case", "dtype"),
+                         [(n, c, d) for n in HEURISTIC_PARAMS
+                          for c, d in sample_product(cases_for(n), ["float32", "float64"], limit=6, seed=5)],
+                         ids=str)
+def test_heuristic_params(name: str, case: Case, dtype: str) -> None:
+    """A strategy's untuned parameters for a problem are a valid point of its space and compute the problem."""
+    for dt in ("float16", "float32", "float64"):
+        assert STRATEGIES[name].valid(HEURISTIC_PARAMS[name](case.problem(dt)), case.problem(dt))
+    check(name, case, dtype, HEURISTIC_PARAMS[name](case.problem(dtype)), seed=6)
