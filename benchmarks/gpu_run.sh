@@ -7,7 +7,8 @@
 #
 # Each step's exit status is recorded in status.txt; a failing step does not stop the later ones, and the
 # script exits non-zero if any step failed. Environment: PYTHON (python3), VENV (.venv), SHAPES (resnet50),
-# DTYPES (float32), TRIALS (32), BATCH (as in the shape files), OUT.
+# DTYPES (float32), TRIALS (32), BATCH (as in the shape files), OUT. VENV=none uses $PYTHON's own packages
+# (plus wheels from $WHEELS, default .whl/) instead of creating a virtual environment.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,14 +19,31 @@ DTYPES=${DTYPES:-float32}
 TRIALS=${TRIALS:-32}
 BATCH=${BATCH:-}
 
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV" || { echo "cannot create a virtual environment in $VENV" >&2; exit 1; }
+if [ "$VENV" = none ]; then
+    # Use $PYTHON as it is (a GPU image with CuPy, JAX-CUDA and PyTorch already installed, perhaps offline):
+    # gpuconv runs from this checkout; wheels of anything missing can be put in $WHEELS and are installed
+    # from there without an index.
+    WHEELS=${WHEELS:-.whl}
+    if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/gpuconv-site "$WHEELS"/*.whl \
+            || { echo "installing the wheels in $WHEELS failed" >&2; exit 1; }
+        export PYTHONPATH=/tmp/gpuconv-site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    python() { "$PYTHON" "$@"; }
+else
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV" || { echo "cannot create a virtual environment in $VENV" >&2; exit 1; }
+    fi
+    # shellcheck disable=SC1091
+    . "$VENV/bin/activate"
+    if ! python -c "import gpuconv, cupy, jax, pytest, optuna, matplotlib" 2>/dev/null; then
+        # jax[cuda13] rather than the CPU build, so that jax.lax runs on the GPU (cuDNN) for the comparisons.
+        python -m pip install -e '.[test,bench]' 'jax[cuda13]' \
+            || { echo "pip install -e '.[test,bench]' failed" >&2; exit 1; }
+    fi
 fi
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
-if ! python -c "import gpuconv, cupy, jax, pytest, optuna, matplotlib" 2>/dev/null; then
-    python -m pip install -e '.[test,bench]' || { echo "pip install -e '.[test,bench]' failed" >&2; exit 1; }
-fi
+python -c "import gpuconv, cupy, jax, pytest, optuna" || { echo "missing packages (see above)" >&2; exit 1; }
 
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 if [ -z "$gpu_name" ]; then
