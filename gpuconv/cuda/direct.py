@@ -12,6 +12,7 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import Executor
+from .source import ACC_BYTES, SMEM_LIMIT
 
 KERNEL, FUNC = "direct", "direct_conv"
 
@@ -28,8 +29,6 @@ SPACE: dict[str, list[int]] = {
 }
 DEFAULTS: dict[str, int] = {"BQ": 32, "BP": 4, "QPT": 1, "KPT": 1, "CB": 1, "HALO": 2, "SX": 1}
 
-SMEM_LIMIT = 48 * 1024
-_ACC_BYTES = {"float16": 4, "float32": 4, "float64": 8}  # the window holds ACC_T values
 
 
 def window(params: Params) -> tuple[int, int, int]:
@@ -42,7 +41,7 @@ def window(params: Params) -> tuple[int, int, int]:
 def smem_bytes(params: Params, dtype: str) -> int:
     """Static shared memory of the kernel for ``dtype``."""
     rows, _, pitch = window(params)
-    return params["CB"] * rows * pitch * _ACC_BYTES[dtype]
+    return params["CB"] * rows * pitch * ACC_BYTES[dtype]
 
 
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from ..problem import ConvProblem
 from ..strategy import Params
 from .executor import Executor
+from .source import ACC_BYTES, SMEM_LIMIT
 
 KERNEL, FUNC = "gemm", "gemm"
 
@@ -24,10 +25,8 @@ SPACE: dict[str, list[int]] = {
 #: 128 x 128 tiles of 8 x 8 per thread: 256 threads, 128 registers, two blocks per SM in float32.
 DEFAULTS: dict[str, int] = {"BM": 128, "BN": 128, "BK": 8, "TM": 8, "TN": 8}
 
-SMEM_LIMIT = 48 * 1024
 REGISTERS_PER_SM = 65536
 _ITEM = {"float16": 2, "float32": 4, "float64": 8}
-_ACC = {"float16": 4, "float32": 4, "float64": 8}  # tiles are staged in ACC_T
 INT32_MAX = 2**31 - 1
 
 
@@ -38,7 +37,7 @@ def threads(params: Params) -> int:
 
 def smem_bytes(params: Params, dtype: str) -> int:
     """Static shared memory: two stages of A ``[BK][BM + 16 bytes]`` and B ``[BK][BN]`` in ``ACC_T``."""
-    acc = _ACC[dtype]
+    acc = ACC_BYTES[dtype]
     return 2 * params["BK"] * (params["BM"] + 16 // acc + params["BN"]) * acc
 
 
@@ -48,7 +47,7 @@ def registers(params: Params, dtype: str) -> int:
     nt = threads(params)
     loads = -(-params["BM"] * params["BK"] // vec // nt) + -(-params["BK"] * params["BN"] // vec // nt)
     tm, tn = params["TM"], params["TN"]
-    return (tm * tn + tm + tn + loads * vec) * (_ACC[dtype] // 4) + 24
+    return (tm * tn + tm + tn + loads * vec) * (ACC_BYTES[dtype] // 4) + 24
 
 
 def _dtypes(problem: ConvProblem | None) -> tuple[str, ...]:

@@ -11,23 +11,17 @@ from typing import Any
 
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
+from . import gemm
 from .executor import Executor
+from .source import ACC_BYTES, SMEM_LIMIT
 
 KERNEL, FUNC = "implicit_gemm", "implicit_gemm_conv"
 
 #: Tunables of ``kernels/implicit_gemm.cu``: block tile BM (channels) x BN (pixels) x BK (reduction slice) and
-#: thread tile TM x TN.
-SPACE: dict[str, list[int]] = {
-    "BM": [32, 64, 128],
-    "BN": [32, 64, 128],
-    "BK": [8, 16, 32],
-    "TM": [2, 4, 8],
-    "TN": [2, 4, 8],
-}
+#: thread tile TM x TN, the same candidate tiles as the explicit GEMM's (its own constraints filter them).
+SPACE: dict[str, list[int]] = gemm.SPACE
 DEFAULTS: dict[str, int] = {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4}
 
-SMEM_LIMIT = 48 * 1024
-_ACC_BYTES = {"float16": 4, "float32": 4, "float64": 8}  # tiles are staged as ACC_T
 
 
 def threads(params: Params) -> int:
@@ -37,7 +31,7 @@ def threads(params: Params) -> int:
 
 def smem_bytes(params: Params, dtype: str) -> int:
     """Static shared memory: two stages of A ``[BK][BM + 4]`` and B ``[BK][BN]`` in ``ACC_T``."""
-    return 2 * params["BK"] * (params["BM"] + 4 + params["BN"]) * _ACC_BYTES[dtype]
+    return 2 * params["BK"] * (params["BM"] + 4 + params["BN"]) * ACC_BYTES[dtype]
 
 
 def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:

@@ -24,6 +24,12 @@ CTYPES: dict[str, tuple[str, str]] = {
     "float64": ("double", "double"),
 }
 
+#: Bytes of the accumulator type: the kernels stage their shared-memory tiles in ACC_T.
+ACC_BYTES: dict[str, int] = {"float16": 4, "float32": 4, "float64": 8}
+
+#: Static shared memory a block may declare.
+SMEM_LIMIT = 48 * 1024
+
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _KERNEL = re.compile(r"[a-z][a-z0-9_]*\Z")
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
