@@ -18,6 +18,7 @@ import numpy as np
 
 import gpuconv
 from gpuconv.backends import get_backend
+from gpuconv.measure import conv_kwargs
 from gpuconv.problem import ConvProblem, make_problem
 
 from .machine import cores
@@ -88,24 +89,6 @@ class Lineup:
 
 
 # ---- how a problem is passed to each library ---------------------------------------------
-
-def conv_kwargs(problem: ConvProblem) -> dict[str, Any]:
-    """``stride/padding/dilation/groups`` keywords that rebuild ``problem`` through conv1d/conv2d (torch or gpuconv).
-
-    Asymmetric padding is only expressible as ``'same'``; any other asymmetric padding raises ``ValueError``.
-    """
-    t, b, l, r = problem.padding
-    if problem.ndim == 1:
-        kw: dict[str, Any] = dict(stride=problem.stride[1], dilation=problem.dilation[1], groups=problem.groups)
-        kw["padding"] = l if l == r else "same"
-    else:
-        kw = dict(stride=problem.stride, dilation=problem.dilation, groups=problem.groups)
-        kw["padding"] = (t, l) if (t, l) == (b, r) else "same"
-    fn = "conv1d" if problem.ndim == 1 else "conv2d"
-    if make_problem(fn, problem.x_shape, problem.w_shape, problem.dtype, problem.has_bias, **kw) != problem:
-        raise ValueError(f"benchmarks: padding {problem.padding} is neither symmetric nor 'same'")
-    return kw
-
 
 def _gpuconv_fn(problem: ConvProblem) -> Callable[..., Any]:
     return gpuconv.conv1d if problem.ndim == 1 else gpuconv.conv2d

@@ -53,6 +53,8 @@ def to_backend(a: Any, kind: ArrayKind) -> Any:
     """View ``a`` as the backend's native array (NumPy or CuPy), zero-copy."""
     if kind.library in ("numpy", "cupy"):
         return a
+    if kind.library == "torch" and a.requires_grad:
+        a = a.detach()  # DLPack refuses tensors that require grad; the values are what a convolution reads
     if kind.backend == "cpu":
         return np.from_dlpack(a)
     import cupy

@@ -1,22 +1,38 @@
-"""The public entry points: argument checks, backend dispatch, and handing back the caller's kind of array."""
+"""The public entry points: arguments to a problem, a plan and a prepared runner, memoized per call signature.
+
+The first call with a given signature (array library, shapes, dtypes, options, strategy) validates its
+arguments (:func:`gpuconv.problem.problem_from_arrays`), asks :mod:`gpuconv.plan` for a plan and lets the
+backend prepare a runner for it. Later calls with the same signature build one tuple and find that runner
+in a dictionary: no validation, no planning, no imports.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable
+
+import numpy as np
 
 from . import plan as _plan
-from ._arrays import ArrayKind, dtype_name, from_backend, kind_of, to_backend
+from ._arrays import from_backend, to_backend
 from .backends import get_backend
-from .problem import DTYPES, IntOrPair, Padding, make_problem
+from .cache import ENV_DIR
+from .problem import IntOrPair, Padding, problem_from_arrays
+
+Runner = Callable[[Any, Any, Any], Any]
+
+_PREPARED: dict[tuple[Any, ...], tuple[int, Runner]] = {}
+_PREPARED_MAX = 4096
+_environ = os.environ
 
 
-def conv2d(x: Any, w: Any, bias: Any = None, *, stride: IntOrPair = 1, padding: Padding = 0,
-           dilation: IntOrPair = 1, groups: int = 1, strategy: str = "auto") -> Any:
+def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
+           groups: int = 1, *, strategy: str = "auto") -> Any:
     """2-d convolution (cross-correlation) with the semantics of ``torch.nn.functional.conv2d``.
 
     Args:
-        x: input ``(N, C, H, W)``; a NumPy array runs on the CPU, a CuPy array (or a CUDA DLPack array)
-            on its GPU.
+        x: input ``(N, C, H, W)`` or unbatched ``(C, H, W)``; a NumPy array (or a CPU DLPack array such as a
+            PyTorch or JAX CPU tensor) runs on the CPU, a CuPy array (or a CUDA DLPack array) on its GPU.
         w: weight ``(K, C/groups, R, S)``, same library, device and dtype as ``x``.
         bias: optional ``(K,)``.
         stride: int or ``(sh, sw)``, positive.
@@ -25,10 +41,11 @@ def conv2d(x: Any, w: Any, bias: Any = None, *, stride: IntOrPair = 1, padding: 
         dilation: int or ``(dh, dw)``, positive.
         groups: channel groups; ``groups == C`` is depthwise.
         strategy: ``"auto"`` (tuned decision if one is cached, else a shape heuristic) or a strategy name of
-            the backend (``gpuconv.cpu.STRATEGIES`` / ``gpuconv.cuda.STRATEGIES``).
+            the backend (``gpuconv.cpu.STRATEGIES`` / ``gpuconv.cuda.STRATEGIES``); keyword only.
 
     Returns:
-        ``(N, K, P, Q)`` of the input's dtype and kind (float16 is accumulated in float32).
+        ``(N, K, P, Q)`` (``(K, P, Q)`` for an unbatched input) of the input's dtype and kind (float16 is
+        accumulated in float32). Tensors that require grad are read as constants: the result carries no graph.
 
     Raises:
         TypeError: a non-array, an unsupported or mixed dtype, arrays from different libraries or devices.
@@ -38,15 +55,16 @@ def conv2d(x: Any, w: Any, bias: Any = None, *, stride: IntOrPair = 1, padding: 
         >>> import numpy as np, gpuconv
         >>> x = np.random.rand(1, 3, 8, 8).astype(np.float32)
         >>> w = np.random.rand(4, 3, 3, 3).astype(np.float32)
-        >>> gpuconv.conv2d(x, w, padding="same").shape
+        >>> gpuconv.conv2d(x, w, None, 1, "same").shape
         (1, 4, 8, 8)
     """
     return _conv("conv2d", x, w, bias, stride, padding, dilation, groups, strategy)
 
 
-def conv1d(x: Any, w: Any, bias: Any = None, *, stride: IntOrPair = 1, padding: Padding = 0,
-           dilation: IntOrPair = 1, groups: int = 1, strategy: str = "auto") -> Any:
-    """1-d convolution with the semantics of ``torch.nn.functional.conv1d``: x ``(N, C, L)``, w ``(K, C/groups, R)``.
+def conv1d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
+           groups: int = 1, *, strategy: str = "auto") -> Any:
+    """1-d convolution with the semantics of ``torch.nn.functional.conv1d``: x ``(N, C, L)`` or ``(C, L)``,
+    w ``(K, C/groups, R)``.
 
     Arguments, return value and errors are those of :func:`conv2d` with one spatial dimension.
 
@@ -60,38 +78,60 @@ def conv1d(x: Any, w: Any, bias: Any = None, *, stride: IntOrPair = 1, padding: 
     return _conv("conv1d", x, w, bias, stride, padding, dilation, groups, strategy)
 
 
-def _check_same_place(fn: str, kinds: dict[str, ArrayKind]) -> None:
-    first_name, first = next(iter(kinds.items()))
-    for name, kind in kinds.items():
-        if (kind.backend, kind.device, kind.library) != (first.backend, first.device, first.library):
-            raise TypeError(f"{fn}: {first_name} and {name} must be arrays of one library on one device, "
-                            f"got {first_name}: {first.describe()} and {name}: {kind.describe()}")
+def _plain(v: object) -> bool:
+    # Exact types only: True == 1 and 1.0 == 1 hash alike, and must be refused by validation, never served.
+    t = type(v)
+    return t is int or t is str or (t is tuple and all(type(e) is int for e in v))  # type: ignore[union-attr]
 
 
-def _check_dtypes(fn: str, arrays: dict[str, Any]) -> str:
-    names = {name: dtype_name(fn, name, a) for name, a in arrays.items()}
-    for name, dt in names.items():
-        if dt not in DTYPES:
-            raise TypeError(f"{fn}: {name} has dtype {dt}; supported dtypes are {', '.join(DTYPES)}")
-    if len(set(names.values())) > 1:
-        listing = ", ".join(f"{n}: {d}" for n, d in names.items())
-        raise TypeError(f"{fn}: x, w and bias must share one dtype (no silent casts), got {listing}")
-    return names["x"]
+def _call_key(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any,
+              strategy: Any) -> tuple[Any, ...] | None:
+    """What decides the runner of a NumPy call, or None where the call must take the full path.
+
+    Other libraries' arrays (CuPy, DLPack) always take the full path, which memoizes the problem and the plan.
+    """
+    if type(x) is not np.ndarray or type(w) is not np.ndarray or (bias is not None and type(bias) is not np.ndarray):
+        return None
+    if not (_plain(stride) and _plain(padding) and _plain(dilation) and type(groups) is int
+            and type(strategy) is str):
+        return None
+    b = None if bias is None else (bias.shape, bias.dtype)
+    return (fn, x.shape, x.dtype, w.shape, w.dtype, b, stride, padding, dilation, groups, strategy,
+            _environ.get(ENV_DIR))
 
 
 def _conv(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Padding, dilation: IntOrPair,
           groups: int, strategy: str) -> Any:
-    arrays = {"x": x, "w": w} if bias is None else {"x": x, "w": w, "bias": bias}
-    kinds = {name: kind_of(fn, name, a) for name, a in arrays.items()}
-    _check_same_place(fn, kinds)
-    dtype = _check_dtypes(fn, arrays)
-    problem = make_problem(fn, tuple(x.shape), tuple(w.shape), dtype, bias is not None,
-                           stride=stride, padding=padding, dilation=dilation, groups=groups)
-    if bias is not None and tuple(bias.shape) != (problem.k,):
-        raise ValueError(f"{fn}: bias must have shape ({problem.k},) to match w.shape[0], got {tuple(bias.shape)}")
-    kind = kinds["x"]
+    key = _call_key(fn, x, w, bias, stride, padding, dilation, groups, strategy)
+    if key is not None:
+        found = _PREPARED.get(key)
+        if found is not None and found[0] == _plan.generation:
+            return found[1](x, w, bias)
+    run = _prepare(fn, x, w, bias, stride, padding, dilation, groups, strategy)
+    if key is not None:
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        _PREPARED[key] = (_plan.generation, run)
+    return run(x, w, bias)
+
+
+def _prepare(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Padding, dilation: IntOrPair,
+             groups: int, strategy: str) -> Runner:
+    """Validate, plan, and return ``run(x, w, bias) -> y`` for arrays like these."""
+    problem, kind, unbatched = problem_from_arrays(fn, x, w, bias, stride=stride, padding=padding,
+                                                   dilation=dilation, groups=groups)
     backend = get_backend(kind.backend)
-    chosen = _plan.choose(fn, problem, kind.backend, backend, strategy)
-    args = [to_backend(a, kind) for a in (x, w)] + [None if bias is None else to_backend(bias, kind)]
-    y = backend.execute(problem, chosen, *args)
-    return from_backend(kind)(y)
+    chosen = _plan.choose(fn, problem, kind.backend, backend, strategy, device=kind.device)
+    execute = backend.prepare(problem, chosen)
+    if kind.library in ("numpy", "cupy") and not unbatched:
+        return execute
+    back = from_backend(kind)
+
+    def run(x: Any, w: Any, bias: Any) -> Any:
+        xs = to_backend(x, kind)
+        if unbatched:
+            xs = xs.reshape(problem.x_shape)
+        y = execute(xs, to_backend(w, kind), None if bias is None else to_backend(bias, kind))
+        return back(y[0] if unbatched else y)
+
+    return run

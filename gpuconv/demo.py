@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import shapes as _shapes
+from .measure import conv_kwargs
 from .problem import ConvProblem, make_problem
 from .strategy import Plan
 
@@ -52,7 +53,7 @@ def contenders(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, peers: boo
     from . import plan as _plan
 
     fn = conv1d if problem.ndim == 1 else conv2d
-    kw = _kwargs(problem)
+    kw = conv_kwargs(problem)
     auto = _plan.choose(fn.__name__, problem, "cpu", cpu, "auto")
     out = [Contender(f"gpuconv auto ({_label(auto)}, {auto.source})", "numpy", lambda: fn(x, w, **kw))]
     for name, strategy in cpu.STRATEGIES.items():
@@ -92,17 +93,6 @@ def contenders(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, peers: boo
             tkw = dict(stride=kw["stride"], padding=pad, dilation=kw["dilation"], groups=problem.groups)
             out.append(Contender(f"torch (threads={torch.get_num_threads()})", "torch", lambda: tf(tx, tw, **tkw)))
     return out
-
-
-def _kwargs(problem: ConvProblem) -> dict[str, Any]:
-    t, b, l, r = problem.padding
-    if problem.ndim == 1:
-        if l != r:
-            raise ValueError(f"demo: asymmetric padding {problem.padding} cannot be passed to conv1d")
-        return dict(stride=problem.stride[1], padding=l, dilation=problem.dilation[1], groups=problem.groups)
-    if t != b or l != r:
-        raise ValueError(f"demo: asymmetric padding {problem.padding} cannot be passed to conv2d")
-    return dict(stride=problem.stride, padding=(t, l), dilation=problem.dilation, groups=problem.groups)
 
 
 def _label(plan: Plan) -> str:

@@ -11,6 +11,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Union
 
+from ._arrays import ArrayKind, dtype_name, kind_of
+
 IntOrPair = Union[int, tuple[int, ...]]
 Padding = Union[int, str, tuple[int, ...]]
 
@@ -106,48 +108,13 @@ class ConvProblem:
         """Output shape in the internal 4-d layout."""
         return (self.n, self.k, self.p, self.q)
 
-    # ---- (de)serialization: the problem part of a cache key -----------------------------
+    # ---- serialization: the problem part of a cache key ----------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (tuples as lists), as stored beside a tuned decision."""
         d = asdict(self)
         for name in ("stride", "padding", "dilation"):
             d[name] = list(d[name])
         return d
-
-    @classmethod
-    def from_dict(cls, d: Any) -> "ConvProblem":
-        """Rebuild a problem from :meth:`to_dict` output, validating every field (the dict may come from disk)."""
-        if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
-            raise ValueError(f"ConvProblem: expected a dict with fields {sorted(cls.__dataclass_fields__)}, got {d!r}")
-        tuples = {"stride": 2, "padding": 4, "dilation": 2}
-        for name, value in d.items():
-            if name in tuples:
-                ok = isinstance(value, (list, tuple)) and len(value) == tuples[name] and all(map(_is_int, value))
-            elif name == "dtype":
-                ok = value in DTYPES
-            elif name == "has_bias":
-                ok = isinstance(value, bool)
-            else:
-                ok = _is_int(value)
-            if not ok:
-                raise ValueError(f"ConvProblem: invalid {name}={value!r}")
-        prob = cls(**{k: tuple(int(v) for v in d[k]) if k in tuples else d[k] for k in d})
-        sizes = {"c": prob.c, "h": prob.h, "w": prob.w, "k": prob.k, "r": prob.r, "s": prob.s, "groups": prob.groups}
-        flat1d = prob.h == prob.r == prob.stride[0] == prob.dilation[0] == 1 and prob.padding[:2] == (0, 0)
-        rules = (  # in order: a later rule may divide by a field an earlier one checked
-            ("ndim must be 1 or 2", lambda: prob.ndim not in (1, 2)),
-            ("n must be non-negative", lambda: prob.n < 0),
-            ("c, h, w, k, r, s and groups must be positive", lambda: min(sizes.values()) < 1),
-            ("stride and dilation must be positive", lambda: min(*prob.stride, *prob.dilation) < 1),
-            ("padding must be non-negative", lambda: min(prob.padding) < 0),
-            ("groups must divide c and k", lambda: prob.c % prob.groups or prob.k % prob.groups),
-            ("the kernel must fit the padded input", lambda: prob.p < 1 or prob.q < 1),
-            ("a 1-d problem needs h == r == 1, vertical stride/dilation 1 and no vertical padding",
-             lambda: prob.ndim == 1 and not flat1d),
-        )
-        for rule, broken in rules:
-            if broken():
-                raise ValueError(f"ConvProblem: inconsistent fields ({rule}): {d!r}")
-        return prob
 
 
 # ---- argument normalization -------------------------------------------------------------
@@ -243,7 +210,8 @@ def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], d
     layout = "(N, C, L)" if ndim == 1 else "(N, C, H, W)"
     wlayout = "(K, C/groups, R)" if ndim == 1 else "(K, C/groups, R, S)"
     if len(x_shape) != ndim + 2:
-        raise ValueError(f"{fn}: x must be {ndim + 2}-d {layout}, got shape {x_shape}")
+        unbatched = "(C, L)" if ndim == 1 else "(C, H, W)"
+        raise ValueError(f"{fn}: x must be {ndim + 2}-d {layout} or {ndim + 1}-d {unbatched}, got shape {x_shape}")
     if len(w_shape) != ndim + 2:
         raise ValueError(f"{fn}: w must be {ndim + 2}-d {wlayout}, got shape {w_shape}")
     if dtype not in DTYPES:
@@ -285,3 +253,57 @@ def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], d
                            (1, dilation_t[0]), groups, dtype, bool(has_bias))
     return ConvProblem(2, n, c, spatial[0], spatial[1], k, kernel[0], kernel[1], stride_t, tuple(pads),  # type: ignore[arg-type]
                        dilation_t, groups, dtype, bool(has_bias))
+
+
+# ---- from arrays: what every array-taking entry point calls --------------------------------
+
+def _check_same_place(fn: str, kinds: dict[str, ArrayKind]) -> None:
+    first_name, first = next(iter(kinds.items()))
+    for name, kind in kinds.items():
+        if (kind.backend, kind.device, kind.library) != (first.backend, first.device, first.library):
+            raise TypeError(f"{fn}: {first_name} and {name} must be arrays of one library on one device, "
+                            f"got {first_name}: {first.describe()} and {name}: {kind.describe()}")
+
+
+def _check_dtypes(fn: str, arrays: dict[str, Any]) -> str:
+    names = {name: dtype_name(fn, name, a) for name, a in arrays.items()}
+    for name, dt in names.items():
+        if dt not in DTYPES:
+            raise TypeError(f"{fn}: {name} has dtype {dt}; supported dtypes are {', '.join(DTYPES)}")
+    if len(set(names.values())) > 1:
+        listing = ", ".join(f"{n}: {d}" for n, d in names.items())
+        raise TypeError(f"{fn}: x, w and bias must share one dtype (no silent casts), got {listing}")
+    return names["x"]
+
+
+def problem_from_arrays(fn: str, x: Any, w: Any, bias: Any, *, stride: IntOrPair = 1, padding: Padding = 0,
+                        dilation: IntOrPair = 1, groups: int = 1) -> tuple[ConvProblem, ArrayKind, bool]:
+    """Validate arrays and options together and build the problem; used by the public functions and the reference.
+
+    Args:
+        fn: ``"conv1d"`` or ``"conv2d"``, named in every message.
+        x, w, bias: the caller's arrays (``bias`` may be None). ``x`` may be unbatched, ``(C, *spatial)``,
+            as PyTorch accepts it; the problem then has ``N == 1``.
+
+    Returns:
+        ``(problem, kind, unbatched)``: the problem, where the arrays live, and whether ``x`` had no batch axis
+        (the caller drops it from the result).
+
+    Raises:
+        TypeError: a non-array, an unsupported or mixed dtype, arrays from different libraries or devices.
+        ValueError: shapes or options that do not fit, naming the argument and the shapes.
+    """
+    arrays = {"x": x, "w": w} if bias is None else {"x": x, "w": w, "bias": bias}
+    kinds = {name: kind_of(fn, name, a) for name, a in arrays.items()}
+    _check_same_place(fn, kinds)
+    dtype = _check_dtypes(fn, arrays)
+    x_shape = tuple(x.shape)
+    ndim = 1 if fn.endswith("1d") else 2
+    unbatched = len(x_shape) == ndim + 1
+    if unbatched:
+        x_shape = (1, *x_shape)
+    problem = make_problem(fn, x_shape, tuple(w.shape), dtype, bias is not None,
+                           stride=stride, padding=padding, dilation=dilation, groups=groups)
+    if bias is not None and tuple(bias.shape) != (problem.k,):
+        raise ValueError(f"{fn}: bias must have shape ({problem.k},) to match w.shape[0], got {tuple(bias.shape)}")
+    return problem, kinds["x"], unbatched

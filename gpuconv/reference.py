@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .conv import _check_dtypes
-from .problem import ConvProblem, IntOrPair, Padding, make_problem
+from .problem import ConvProblem, IntOrPair, Padding, problem_from_arrays
 
 
 def _to_numpy(a: Any) -> np.ndarray:
@@ -21,6 +20,8 @@ def _to_numpy(a: Any) -> np.ndarray:
         return a
     if type(a).__module__.split(".")[0] == "cupy":
         return a.get()
+    if hasattr(a, "detach"):  # a torch tensor that may require grad
+        a = a.detach().cpu()
     return np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a)
 
 
@@ -55,22 +56,19 @@ def _reference(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: P
                groups: int) -> np.ndarray:
     x, w = _to_numpy(x), _to_numpy(w)
     bias = None if bias is None else _to_numpy(bias)
-    arrays = {"x": x, "w": w} if bias is None else {"x": x, "w": w, "bias": bias}
-    dtype = _check_dtypes(fn, arrays)
-    problem = make_problem(fn, x.shape, w.shape, dtype, bias is not None,
-                           stride=stride, padding=padding, dilation=dilation, groups=groups)
-    if bias is not None and bias.shape != (problem.k,):
-        raise ValueError(f"{fn}: bias must have shape ({problem.k},) to match w.shape[0], got {bias.shape}")
-    return run_problem(problem, x, w, bias)
+    problem, _, unbatched = problem_from_arrays(fn, x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                                                groups=groups)
+    y = run_problem(problem, x, w, bias)
+    return y[0] if unbatched else y
 
 
-def conv2d(x: Any, w: Any, bias: Any = None, *, stride: IntOrPair = 1, padding: Padding = 0,
-           dilation: IntOrPair = 1, groups: int = 1) -> np.ndarray:
+def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
+           groups: int = 1) -> np.ndarray:
     """Reference :func:`gpuconv.conv2d` through ``jax.lax.conv_general_dilated``; returns a NumPy array."""
     return _reference("conv2d", x, w, bias, stride, padding, dilation, groups)
 
 
-def conv1d(x: Any, w: Any, bias: Any = None, *, stride: IntOrPair = 1, padding: Padding = 0,
-           dilation: IntOrPair = 1, groups: int = 1) -> np.ndarray:
+def conv1d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
+           groups: int = 1) -> np.ndarray:
     """Reference :func:`gpuconv.conv1d` through ``jax.lax.conv_general_dilated``; returns a NumPy array."""
     return _reference("conv1d", x, w, bias, stride, padding, dilation, groups)

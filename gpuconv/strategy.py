@@ -31,6 +31,8 @@ class Strategy:
         space: tunable name -> candidate values (compile-time macros on CUDA); empty when nothing is tunable.
         constraints: predicates ``(params, problem) -> bool`` a candidate must satisfy (shared memory, threads).
         defaults: the parameters used without tuning; must be a point of ``space`` satisfying ``constraints``.
+        prepare: optionally, ``prepare(problem, **params)`` returning a runner of the problem's arrays with
+            what depends only on the problem worked out once (the CPU backend's hot path uses it).
     """
 
     name: str
@@ -40,6 +42,7 @@ class Strategy:
     space: Mapping[str, Sequence[int]] = field(default_factory=dict)
     constraints: Sequence[Callable[[Params, ConvProblem | None], bool]] = ()
     defaults: Mapping[str, int] = field(default_factory=dict)
+    prepare: Callable[..., Callable[..., Any]] | None = None
 
     def valid(self, params: Params, problem: ConvProblem | None = None) -> bool:
         """Whether ``params`` is a point of the space that satisfies every constraint."""

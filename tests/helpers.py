@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuconv.autotune.check import tolerance  # one formula for the tests and the tuner
+from gpuconv.measure import tolerance  # one formula for the tests and the tuner
 from gpuconv.problem import ConvProblem, make_problem
 
 

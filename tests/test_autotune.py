@@ -13,7 +13,8 @@ import pytest
 import gpuconv
 from gpuconv import cache, plan
 from gpuconv.autotune import CpuTimer, Target, make_storage, mismatch, tolerance, tune, tune_shapes
-from gpuconv.autotune import tuner as tuner_mod
+from gpuconv.autotune import first_call, search
+from gpuconv.autotune import target as target_mod
 from gpuconv.problem import make_problem
 from gpuconv.shapes import Shape
 from gpuconv.strategy import Plan, Strategy
@@ -258,7 +259,7 @@ def test_tune_shapes_stores_the_winner_and_conv2d_uses_it(monkeypatch: pytest.Mo
 
     problem = make_problem("conv2d", (1, 3, 7, 7), (4, 3, 3, 3), "float32", False, padding=1)
     shapes = [Shape("a", problem), Shape("a_again", problem)]
-    target = tuner_mod.make_target("cpu", timer=timer)
+    target = target_mod.make_target("cpu", timer=timer)
     outcomes = list(tune_shapes(shapes, target, cache.default(), trials=64, compare_jax=False))
     assert [o.status for o in outcomes] == ["tuned", "cached"]
     assert outcomes[0].plan == Plan("alt", {"block": 2}, "tuned")
@@ -278,7 +279,7 @@ def test_tune_shapes_stores_the_winner_and_conv2d_uses_it(monkeypatch: pytest.Mo
 def _autotune_reset() -> Any:
     yield
     gpuconv.set_autotune(None)
-    tuner_mod._FIRST_CALL.attempted.clear()
+    first_call._FIRST_CALL.attempted.clear()
 
 
 @pytest.mark.parametrize("switch", ["api", "env"])
@@ -288,23 +289,23 @@ def test_first_call_tunes_and_remembers(switch: str, monkeypatch: pytest.MonkeyP
     else:
         monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
     tuned: list[Any] = []
-    real = tuner_mod.tune
-    monkeypatch.setattr(tuner_mod, "tune", lambda *a, **k: tuned.append(a[0]) or real(*a, **k))
+    real = search.tune
+    monkeypatch.setattr(search, "tune", lambda *a, **k: tuned.append(a[0]) or real(*a, **k))
     x = np.ones((1, 2, 5, 5), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
     gpuconv.conv2d(x, w)
     gpuconv.conv2d(x, w)
     assert len(tuned) == 1  # the second call finds the decision
     problem = make_problem("conv2d", x.shape, w.shape, "float32", False)
-    cache.default().reload()
-    assert cache.lookup(problem, "cpu") is not None and cache.lookup(problem, "cpu").source == "tuned"
-    assert cache.default().path("cpu").is_file()
+    plan.forget()
+    assert plan.lookup(problem, "cpu") is not None and plan.lookup(problem, "cpu").source == "tuned"
+    assert cache.default().path(plan.cache_file("cpu")).is_file()
 
 
 def test_autotune_off_never_tunes(monkeypatch: pytest.MonkeyPatch, _autotune_reset: Any) -> None:
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
     gpuconv.set_autotune(False)
-    monkeypatch.setattr(tuner_mod, "tune", lambda *a, **k: pytest.fail("tuned although autotune is off"))
+    monkeypatch.setattr(search, "tune", lambda *a, **k: pytest.fail("tuned although autotune is off"))
     gpuconv.conv2d(np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32))
     with pytest.raises(TypeError, match="enabled must be"):
         gpuconv.set_autotune("yes")  # type: ignore[arg-type]
@@ -316,7 +317,7 @@ def test_first_call_failure_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch
     def broken(*a: Any, **k: Any) -> Any:
         raise ImportError("no optuna here")
 
-    monkeypatch.setattr(tuner_mod, "tune", broken)
+    monkeypatch.setattr(search, "tune", broken)
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.warns(RuntimeWarning, match="using the heuristic"):
         y = gpuconv.conv2d(x, w)

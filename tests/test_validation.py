@@ -35,13 +35,13 @@ def _arr(*shape: int, dtype: Any = np.float32) -> np.ndarray:
 # (id, call, exception, regex of the message)
 BAD: list[tuple[str, Callable[[], Any], type, str]] = [
     # dimensions
-    ("x-3d", lambda: gpuconv.conv2d(X[0], W, groups=2), ValueError,
-     r"conv2d: x must be 4-d \(N, C, H, W\), got shape \(4, 8, 8\)"),
+    ("x-2d", lambda: gpuconv.conv2d(X[0, 0], W, groups=2), ValueError,
+     r"conv2d: x must be 4-d \(N, C, H, W\) or 3-d \(C, H, W\), got shape \(8, 8\)"),
     ("w-3d", lambda: gpuconv.conv2d(X, W[0], groups=2), ValueError,
      r"conv2d: w must be 4-d \(K, C/groups, R, S\), got shape \(2, 3, 3\)"),
     ("x-5d", lambda: gpuconv.conv2d(X[None], W, groups=2), ValueError, r"conv2d: x must be 4-d .*\(1, 1, 4, 8, 8\)"),
     ("conv1d-x-4d", lambda: gpuconv.conv1d(X, W1, groups=2), ValueError,
-     r"conv1d: x must be 3-d \(N, C, L\), got shape \(1, 4, 8, 8\)"),
+     r"conv1d: x must be 3-d \(N, C, L\) or 2-d \(C, L\), got shape \(1, 4, 8, 8\)"),
     ("conv1d-w-4d", lambda: gpuconv.conv1d(X1, W, groups=2), ValueError,
      r"conv1d: w must be 3-d \(K, C/groups, R\), got shape \(6, 2, 3, 3\)"),
     ("x-no-channels", lambda: gpuconv.conv2d(_arr(1, 0, 8, 8), W), ValueError,
@@ -193,53 +193,18 @@ def test_valid_edge_arguments_are_accepted() -> None:
     assert gpuconv.conv2d(X, W, groups=np.int64(2), stride=np.int32(2)).shape == (1, 6, 3, 3)
 
 
-# ---- ConvProblem serialization ---------------------------------------------------------------------------
+# ---- ConvProblem serialization: the problem part of a cache record -------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_problem_dict_round_trip(dtype: str) -> None:
+def test_problem_dict_survives_json(dtype: str) -> None:
+    import json
+
     for case in CASES:
         problem = case.problem(dtype)
-        d = problem.to_dict()
-        assert ConvProblem.from_dict(d) == problem
-        assert ConvProblem.from_dict({k: v for k, v in d.items()}).to_dict() == d
-
-
-def test_problem_round_trip_empty_batch() -> None:
-    problem = make_problem("conv2d", (0, 4, 8, 8), (6, 2, 3, 3), "float32", False, groups=2)
-    assert ConvProblem.from_dict(problem.to_dict()) == problem
-
-
-GOOD = make_problem("conv2d", (2, 4, 9, 9), (6, 2, 3, 3), "float32", True, stride=2, padding=1, groups=2).to_dict()
-GOOD1D = make_problem("conv1d", (2, 4, 30), (6, 4, 5), "float64", False, padding=2).to_dict()
-
-MALFORMED = [
-    ("not-a-dict", None, r"expected a dict with fields \['c', 'dilation', .*\], got None"),
-    ("list", [1, 2], r"expected a dict with fields"),
-    ("missing-field", {k: v for k, v in GOOD.items() if k != "groups"}, r"expected a dict with fields"),
-    ("extra-field", {**GOOD, "layout": "NCHW"}, r"expected a dict with fields"),
-    ("n-string", {**GOOD, "n": "2"}, r"ConvProblem: invalid n='2'"),
-    ("n-bool", {**GOOD, "n": True}, r"ConvProblem: invalid n=True"),
-    ("c-float", {**GOOD, "c": 4.0}, r"ConvProblem: invalid c=4.0"),
-    ("stride-short", {**GOOD, "stride": [2]}, r"ConvProblem: invalid stride=\[2\]"),
-    ("padding-short", {**GOOD, "padding": [1, 1]}, r"ConvProblem: invalid padding=\[1, 1\]"),
-    ("dilation-float", {**GOOD, "dilation": [1.0, 1]}, r"ConvProblem: invalid dilation=\[1.0, 1\]"),
-    ("dtype-int8", {**GOOD, "dtype": "int8"}, r"ConvProblem: invalid dtype='int8'"),
-    ("has-bias-int", {**GOOD, "has_bias": 1}, r"ConvProblem: invalid has_bias=1"),
-    ("ndim-3", {**GOOD, "ndim": 3}, r"inconsistent fields \(ndim must be 1 or 2\)"),
-    ("n-negative", {**GOOD, "n": -1}, r"inconsistent fields \(n must be non-negative\)"),
-    ("k-zero", {**GOOD, "k": 0}, r"inconsistent fields \(c, h, w, k, r, s and groups must be positive"),
-    ("stride-zero", {**GOOD, "stride": [0, 1]}, r"inconsistent fields \(stride and dilation must be positive\)"),
-    ("padding-negative", {**GOOD, "padding": [1, -1, 1, 1]}, r"inconsistent fields \(padding must be non-negative\)"),
-    ("groups-not-dividing", {**GOOD, "groups": 3}, r"inconsistent fields \(groups must divide c and k\)"),
-    ("kernel-too-large", {**GOOD, "r": 12}, r"inconsistent fields \(the kernel must fit the padded input\)"),
-    ("conv1d-with-height", {**GOOD1D, "h": 3}, r"inconsistent fields \(a 1-d problem needs h == r == 1"),
-]
-
-
-@pytest.mark.parametrize("d,message", [pytest.param(d, m, id=i) for i, d, m in MALFORMED])
-def test_problem_from_malformed_dict(d: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        ConvProblem.from_dict(d)
+        assert json.loads(json.dumps(problem.to_dict())) == problem.to_dict()
+    other = make_problem("conv2d", (0, 4, 8, 8), (6, 2, 3, 3), "float32", False, groups=2)
+    assert other.to_dict() != make_problem("conv2d", (1, 4, 8, 8), (6, 2, 3, 3), "float32", False,
+                                           groups=2).to_dict()
 
 
 def test_error_messages_name_the_function() -> None:

@@ -16,7 +16,13 @@ from types import FrameType
 from typing import Any, Sequence
 
 from .. import cache as _cache
+from .. import plan as _plan
+from .. import shapes as _shapes
 from ..problem import DTYPES
+from . import report
+from .storage import make_storage
+from .target import current_device, make_target, resolve_backend
+from .workload import tune_shapes
 
 PROG = "python -m gpuconv.autotune"
 
@@ -95,9 +101,6 @@ def _error(message: str, status: int = 2) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = parser().parse_args(argv)
-    from .. import shapes as _shapes
-    from .tuner import make_storage, make_target, resolve_backend
-
     try:
         backend = resolve_backend(args.backend)
         if args.device is not None:
@@ -111,15 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cupy.cuda.Device(args.device).use()
         shape_set = _shapes.load(args.shapes, batch=args.batch, dtype=args.dtype)
         storage = make_storage(args.storage)
-    except ImportError as e:
-        return _error(str(e))
-    except Exception as e:  # bad shapes, backend or storage: say what, no traceback
+    except Exception as e:  # bad shapes, backend or storage, or a missing package: say what, no traceback
         return _error(str(e))
     store = _cache.TuningCache(args.cache_dir)
     target = make_target(backend)
-    info: dict[str, Any] = {"backend": backend, "machine": dict(_cache.machine(backend, _cache.current_device(backend))),
+    device = current_device(backend)
+    cache_path = store.path(_plan.cache_file(backend, device))
+    info: dict[str, Any] = {"backend": backend, "machine": dict(_plan.fingerprint(backend, device)),
                             "shapes": str(args.shapes), "trials": args.trials, "timeout_s": args.timeout,
-                            "seed": args.seed, "cache_file": str(store.path(backend)), "storage": args.storage}
+                            "seed": args.seed, "cache_file": str(cache_path), "storage": args.storage}
 
     stop = _StopOnSigint()
     previous = signal.signal(signal.SIGINT, stop)
@@ -133,14 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     elapsed = time.perf_counter() - started
-    return _finish(args, outcomes, info, len(shape_set), elapsed, stop.requested or aborted, store, backend)
+    return _finish(args, outcomes, info, len(shape_set), elapsed, stop.requested or aborted, cache_path)
 
 
 def _run(args: argparse.Namespace, shape_set: list[Any], target: Any, store: _cache.TuningCache, storage: Any,
          stop: _StopOnSigint) -> tuple[list[Any], bool]:
-    from .report import fmt_time
-    from .workload import tune_shapes
-
     outcomes: list[Any] = []
     try:
         from tqdm import tqdm
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace, shape_set: list[Any], target: Any, store: _ca
 
     def on_trial(trial: Any, best: float, done: int) -> None:
         if bar is not None:
-            bar.set_postfix_str(f"trial {done}/{args.trials} best {fmt_time(best if best != float('inf') else None)}")
+            bar.set_postfix_str(f"trial {done}/{args.trials} best {report.fmt_time(best if best != float('inf') else None)}")
 
     try:
         for outcome in tune_shapes(shape_set, target, store, trials=args.trials, timeout=args.timeout,
@@ -176,9 +176,7 @@ def _run(args: argparse.Namespace, shape_set: list[Any], target: Any, store: _ca
 
 
 def _finish(args: argparse.Namespace, outcomes: list[Any], info: dict[str, Any], total: int, elapsed: float,
-            interrupted: bool, store: _cache.TuningCache, backend: str) -> int:
-    from . import report
-
+            interrupted: bool, cache_path: Path) -> int:
     human = sys.stderr if args.json == "-" else sys.stdout
     if outcomes:
         print(report.table(outcomes), file=human)
@@ -190,10 +188,10 @@ def _finish(args: argparse.Namespace, outcomes: list[Any], info: dict[str, Any],
     elif args.json:
         Path(args.json).write_text(report.document(outcomes, info, total, elapsed) + "\n", encoding="utf-8")
     if s["all_cache_hits"]:
-        print(f"all {total} shapes were cache hits (0 trials run); decisions in {store.path(backend)}", file=human)
+        print(f"all {total} shapes were cache hits (0 trials run); decisions in {cache_path}", file=human)
     else:
         print(f"{s['tuned']} tuned, {s['cached']} cache hits, {s['failed']} failed, {s['trials_run']} trials "
-              f"in {elapsed:.1f} s; decisions in {store.path(backend)}", file=human)
+              f"in {elapsed:.1f} s; decisions in {cache_path}", file=human)
     if interrupted:
         saved = s["tuned"]
         print(f"{PROG}: interrupted: {saved} newly decided shape(s) saved, {total - s['tuned'] - s['cached']} "

@@ -6,47 +6,16 @@ before the interruption, and a second run over the same shapes is all cache hits
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from .. import cache as _cache
+from .. import plan as _plan
 from ..shapes import Shape
 from ..strategy import Plan
-from .tuner import Target, Trial, TuneResult, tune
-
-#: Failed candidates kept per entry in the cache and the JSON output (the count is always complete).
-MAX_FAILURES_KEPT = 20
-
-
-def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
-def metrics_of(result: TuneResult) -> dict[str, Any]:
-    """The JSON-safe summary of a tuning run kept with its cache entry (``inf`` becomes null)."""
-    failed = result.failed
-    by_status: dict[str, int] = {}
-    for t in failed:
-        by_status[t.status] = by_status.get(t.status, 0) + 1
-    return {
-        "time_s": _finite(result.best_time_s),
-        "gflops": result.gflops,
-        "heuristic": {"strategy": result.heuristic.strategy, "params": dict(result.heuristic.params),
-                      "time_s": _finite(result.heuristic_time_s)},
-        "speedup_vs_heuristic": result.speedup,
-        "jax_time_s": _finite(result.jax_time_s),
-        "speedup_vs_jax": None if result.jax_time_s is None else
-        (result.jax_time_s / result.best_time_s if math.isfinite(result.best_time_s) else None),
-        "search": result.search,
-        "space_size": result.space_size,
-        "trials": len(result.trials),
-        "failed": by_status,
-        "failures": [{"strategy": t.plan.strategy, "params": dict(t.plan.params), "status": t.status,
-                      "reason": t.reason} for t in failed[:MAX_FAILURES_KEPT]],
-        "elapsed_s": result.elapsed_s,
-    }
-
+from .result import Trial, TuneResult
+from .search import tune
+from .target import Target, current_device
 
 @dataclass
 class Outcome:
@@ -57,7 +26,7 @@ class Outcome:
             ``"failed"`` (no candidate matched the reference; nothing stored) or ``"interrupted"``
             (stopped mid-search; the best so far is shown but not stored).
         plan: the decision (None when failed).
-        metrics: :func:`metrics_of` for this run, or the stored one for a cache hit.
+        metrics: :meth:`TuneResult.metrics` for this run, or the stored one for a cache hit.
         trials_run: trials run by this process for this shape (0 for a cache hit).
     """
 
@@ -78,37 +47,37 @@ def tune_shapes(shapes: Sequence[Shape], target: Target, store: _cache.TuningCac
 
     Args:
         shapes: from :func:`gpuconv.shapes.load`.
-        target: where candidates run (:func:`gpuconv.autotune.tuner.make_target`).
+        target: where candidates run (:func:`gpuconv.autotune.target.make_target`).
         store: the cache read for hits and written with each decision.
-        trials, timeout, seed, storage: passed to :func:`~gpuconv.autotune.tuner.tune` (timeout per shape).
+        trials, timeout, seed, storage: passed to :func:`~gpuconv.autotune.search.tune` (timeout per shape).
         force: re-tune shapes the cache already has.
         compare_jax: time ``jax.lax`` too, for the report.
         should_stop: polled between trials and shapes (set by the CLI's SIGINT handler).
         on_start, on_trial: progress callbacks.
     """
-    device = _cache.current_device(target.backend)
+    device = current_device(target.backend)
     for shape in shapes:
         if should_stop():
             return
         problem = shape.problem
         if not force:
-            plan = store.lookup(problem, target.backend)
+            plan = _plan.lookup(problem, target.backend, device, store)
             if plan is not None:
-                record = store.record(problem, target.backend, device)
+                record = _plan.record(problem, target.backend, device, store)
                 metrics = record.get("metrics") if isinstance(record, dict) else None
                 yield Outcome(shape, "cached", plan, metrics if isinstance(metrics, dict) else {})
                 continue
         if on_start is not None:
             on_start(shape)
         result = tune(problem, target, trials=trials, timeout=timeout, seed=seed, storage=storage,
-                      study_name=f"gpuconv-{_cache.key(problem, target.backend, device)}",
+                      study_name=f"gpuconv-{_plan.cache_key(problem, target.backend, device)}",
                       compare_jax=compare_jax, on_trial=on_trial, should_stop=should_stop)
-        metrics = metrics_of(result)
+        metrics = result.metrics()
         if result.interrupted:
             yield Outcome(shape, "interrupted", result.best, metrics, result.trials_run, result)
             return
         if result.best is None:
             yield Outcome(shape, "failed", None, metrics, result.trials_run, result)
             continue
-        store.store(problem, target.backend, result.best, metrics, device=device)
+        _plan.store_decision(problem, target.backend, result.best, metrics, device, store)
         yield Outcome(shape, "tuned", result.best, metrics, result.trials_run, result)

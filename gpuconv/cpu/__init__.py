@@ -17,13 +17,15 @@ Strategies:
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import numpy as np
 
 from ..problem import ConvProblem
 from ..strategy import Params, Plan, Strategy
 from . import _views
+from ._machine import fingerprint
 from . import depthwise as _depthwise
 from . import direct as _direct
 from . import fft as _fft
@@ -41,7 +43,7 @@ _WIDE = dict(space={"wide": (0, 1)}, constraints=(_wide_needs_stride1,), default
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("im2col", _im2col.im2col, **_WIDE),
+        Strategy("im2col", _im2col.im2col, **_WIDE, prepare=_im2col.prepare),
         Strategy("direct", _direct.direct, **_WIDE),
         Strategy("fft", _fft.fft),
         Strategy("depthwise", _depthwise.depthwise, _depthwise.supports, "groups == C (one input channel per group)",
@@ -62,7 +64,12 @@ def heuristic(problem: ConvProblem) -> Plan:
 
     Thresholds were measured on a 2-core AMD EPYC (no AVX-512) with NumPy's OpenBLAS; ``python -m gpuconv.demo
     --shapes resnet50`` times every strategy per layer to check them on another machine.
+
+    An empty batch (``N == 0``) gets the plan of one image: :func:`execute` runs no strategy for it, but the plan
+    must still be one that supports the problem, and the cost models below divide by, and index on, ``N``.
     """
+    if problem.n == 0:
+        return heuristic(dataclasses.replace(problem, n=1))
     # The wide layout turns a gather of Q-element rows into long contiguous runs but computes Wp - Q junk
     # columns per row. For im2col and direct it pays on narrow images with little junk (ResNet-50 res2 and
     # res3, U-Net at 32-64 wide), not at 14% junk (res4) nor where rows are long already (VGG at 112-224).
@@ -106,11 +113,11 @@ SPECTRUM_FLOPS = {1: 3.5e9, 2: 18e9}  # complex multiply-adds (8 flops): one ima
 
 def _fft_pays(problem: ConvProblem) -> bool:
     """Whether FFT is predicted to take less than 3/4 of the time of im2col (large kernels, few channels)."""
-    import scipy.fft
-
     hp, wp = _views.padded_size(problem)
-    fh, fw = scipy.fft.next_fast_len(hp, real=True), scipy.fft.next_fast_len(wp, real=True)
+    fh, fw = _fft.fast_len(hp), _fft.fast_len(wp)
     n, k, c, cg = problem.n, problem.k, problem.c, problem.cg
+    if n == 0:
+        return False  # nothing to compute: no strategy pays more than another
     transforms = 2.5 * (n * c + k * cg + n * k) * fh * fw * np.log2(fh * fw) / FFT_FLOPS
     spectra = 8 * n * k * cg * fh * (fw // 2 + 1) / SPECTRUM_FLOPS[min(n, 2)]
     cols_bytes = n * c * problem.r * problem.s * problem.p * problem.q * 4
@@ -118,18 +125,51 @@ def _fft_pays(problem: ConvProblem) -> bool:
     return transforms + spectra < 0.75 * gemm
 
 
-def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> np.ndarray:
-    """Run ``plan`` on NumPy arrays and return a C-contiguous output in the caller's dtype and layout."""
+def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], np.ndarray]:
+    """A runner ``run(x, w, bias) -> y`` for ``plan`` on NumPy arrays of ``problem``'s shapes and dtype.
+
+    Everything that depends only on the problem is worked out here, once; the runner returns a C-contiguous
+    output in the caller's dtype and shape.
+    """
     dtype = np.dtype(problem.dtype)
+    out_shape = problem.out_shape
     if problem.n == 0:
-        return np.zeros(problem.out_shape, dtype)
-    compute = np.float32 if dtype == np.float16 else dtype
-    x4 = x.reshape(problem.n, problem.c, problem.h, problem.w).astype(compute, copy=False)
-    w4 = w.reshape(problem.k, problem.cg, problem.r, problem.s).astype(compute, copy=False)
-    # NaN and Inf propagate silently, as in PyTorch: no warnings for Inf - Inf or float16 overflow.
-    with np.errstate(invalid="ignore", over="ignore"):
-        y = STRATEGIES[plan.strategy].run(problem, x4, w4, **plan.params)
-        if bias is not None:
-            b = bias.astype(compute, copy=False)[None, :, None, None]
-            y = np.add(y, b, out=y) if y.flags.c_contiguous and y.flags.writeable else np.add(y, b)
-        return np.ascontiguousarray(y.astype(dtype, copy=False)).reshape(problem.out_shape)
+        return lambda x, w, bias: np.zeros(out_shape, dtype)
+    compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+    x4_shape = (problem.n, problem.c, problem.h, problem.w)
+    w4_shape = (problem.k, problem.cg, problem.r, problem.s)
+    strategy = STRATEGIES[plan.strategy]
+    params = dict(plan.params)
+    if strategy.prepare is not None:
+        compute_y = strategy.prepare(problem, **params)
+    else:
+        def compute_y(x4: np.ndarray, w4: np.ndarray) -> np.ndarray:
+            return strategy.run(problem, x4, w4, **params)
+    # Copies and GEMMs raise no floating-point warnings; elementwise arithmetic (bias, float16 rounding, the
+    # transforms of other strategies) may, and NaN and Inf propagate silently, as in PyTorch.
+    quiet = plan.strategy in ("im2col", "pointwise") and dtype != np.float16
+
+    as_is = problem.ndim == 2 and dtype == compute  # x and w need no reshape or cast
+
+    def run(x: Any, w: Any, bias: Any) -> np.ndarray:
+        if as_is:
+            x4, w4 = x, w
+        else:
+            x4 = x.reshape(x4_shape).astype(compute, copy=False)
+            w4 = w.reshape(w4_shape).astype(compute, copy=False)
+        if quiet and bias is None:
+            y = compute_y(x4, w4)
+            return y if as_is and y.flags.c_contiguous else np.ascontiguousarray(y).reshape(out_shape)
+        with np.errstate(invalid="ignore", over="ignore"):
+            y = compute_y(x4, w4)
+            if bias is not None:
+                b = bias.astype(compute, copy=False)[None, :, None, None]
+                y = np.add(y, b, out=y) if y.flags.c_contiguous and y.flags.writeable else np.add(y, b)
+            return np.ascontiguousarray(y.astype(dtype, copy=False)).reshape(out_shape)
+
+    return run
+
+
+def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> np.ndarray:
+    """Run ``plan`` on NumPy arrays once (:func:`prepare` and call)."""
+    return prepare(problem, plan)(x, w, bias)

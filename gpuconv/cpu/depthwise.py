@@ -7,6 +7,8 @@ output. With stride 1 the wide layout makes every operand one long contiguous ru
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..problem import ConvProblem
@@ -49,7 +51,7 @@ def depthwise(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int =
             else:
                 np.multiply(tap, wt[r, s], out=tmp)
                 y += tmp
-    y = y.reshape(n, problem.k, -1)
+    y = y.reshape(n, problem.k, math.prod(spatial))  # not -1: that is ambiguous when N == 0
     if wide:
         return _views.narrow(problem, y)
     return y.reshape(n, problem.k, problem.p, problem.q)

@@ -20,11 +20,26 @@ Two things differ from the direct sum and are handled here:
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 
 from ..problem import ConvProblem
 from . import _views
 from .im2col import im2col
+
+
+def fast_len(n: int) -> int:
+    """The smallest 5-smooth length ``>= n`` (``2**a 3**b 5**c``), where real FFTs are fastest; the value of
+    ``scipy.fft.next_fast_len(n, real=True)`` without importing SciPy."""
+    best, p5 = 2 * n, 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return max(best, 1)
 
 
 def fft(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -44,7 +59,9 @@ def fft(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     (sh, sw), (dh, dw) = problem.stride, problem.dilation
     hp, wp = _views.padded_size(problem)
     reff_h, reff_w = dh * (problem.r - 1) + 1, dw * (problem.s - 1) + 1
-    fh, fw = scipy.fft.next_fast_len(hp, real=True), scipy.fft.next_fast_len(wp, real=True)
+    import scipy.fft  # here, not at import: only a problem that runs this strategy pays for loading it
+
+    fh, fw = fast_len(hp), fast_len(wp)
     real = np.float64  # see the module docstring: the transform error is not local
     xs = scipy.fft.rfft2(_views.padded(problem, x).astype(real, copy=False), s=(fh, fw), workers=-1)
     wd = np.zeros((problem.k, cg, reff_h, reff_w), real)

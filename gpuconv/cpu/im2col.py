@@ -8,6 +8,7 @@ dimensions of a single ``np.matmul`` (the weight broadcast over images).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -52,3 +53,45 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
     if wide:
         return _views.narrow(problem, y)
     return y.reshape(n, problem.k, problem.p, problem.q)
+
+
+def prepare(problem: ConvProblem, *, wide: int = 0) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """:func:`im2col` with everything that depends only on the problem worked out once.
+
+    On a small problem the Python around the GEMM is most of the time: this runner builds the receptive-field
+    view with one ``np.ndarray`` constructor over the (padded, C-contiguous) input instead of ``as_strided``,
+    and copies small column matrices into a fresh array instead of the thread's scratch buffer.
+    """
+    n, g, kg = problem.n, problem.groups, problem.kg
+    per_image = problem.c * problem.r * problem.s * problem.p * problem.q
+    if wide or per_image * n * 8 > 2**20:  # large problems: the Python around the GEMM does not matter
+        return lambda x, w: im2col(problem, x, w, wide=wide)
+    (st_h, st_w), (dh, dw) = problem.stride, problem.dilation
+    hp, wp = _views.padded_size(problem)
+    pads = any(problem.padding)
+    t, _, l, _ = problem.padding
+    taps_shape = (n, problem.c, problem.r, problem.s, problem.p, problem.q)
+    cols_shape = (n, g, problem.reduction, problem.p * problem.q)
+    w_shape = (g, kg, problem.reduction)
+    y_shape = (n, problem.k, problem.p, problem.q)
+    y_gemm = (n, g, kg, problem.p * problem.q)
+
+    def run(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if pads:
+            xp = np.zeros((n, problem.c, hp, wp), x.dtype)
+            xp[:, :, t:t + problem.h, l:l + problem.w] = x
+        elif x.flags.c_contiguous:
+            xp = x
+        else:
+            xp = np.ascontiguousarray(x)
+        e = xp.itemsize
+        sw_, sh_ = e, wp * e
+        strides = (problem.c * hp * sh_, hp * sh_, sh_ * dh, sw_ * dw, sh_ * st_h, sw_ * st_w)
+        taps = np.ndarray(taps_shape, xp.dtype, xp, 0, strides)
+        cols = np.empty(taps_shape, xp.dtype)
+        np.copyto(cols, taps)
+        y = np.empty(y_gemm, xp.dtype)
+        np.matmul(w.reshape(w_shape), cols.reshape(cols_shape), out=y)
+        return y.reshape(y_shape)
+
+    return run

@@ -17,6 +17,7 @@ from ..problem import ConvProblem
 from ..strategy import Plan, Strategy
 from . import direct, im2col, implicit_gemm, pointwise
 from .executor import CupyExecutor, Executor
+from .fingerprint import fingerprint
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
@@ -65,6 +66,25 @@ def heuristic(problem: ConvProblem) -> Plan:
             return Plan(name, params, "heuristic")
     raise ValueError(f"no CUDA strategy can compute x.shape={problem.x_shape}, w.shape={problem.w_shape}: "
                      + "; ".join(f"{s.name} requires {s.requires}" for s in STRATEGIES.values()))
+
+
+def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], Any]:
+    """A runner ``run(x, w, bias) -> y`` for ``plan`` on CuPy arrays of ``problem``'s shapes and dtype.
+
+    Raises:
+        ValueError: ``plan.params`` is not a valid point of the strategy's space for this problem.
+    """
+    strategy = STRATEGIES[plan.strategy]
+    if not strategy.valid(dict(plan.params), problem):
+        raise ValueError(f"parameters {dict(plan.params)} are not valid for the CUDA strategy {plan.strategy!r} on "
+                         f"this problem (space {dict(strategy.space)})")
+    ex = CupyExecutor()
+
+    def run(x: Any, w: Any, bias: Any) -> Any:
+        with x.device:
+            return run_plan(ex, problem, plan, x, w, bias)
+
+    return run
 
 
 def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> Any:

@@ -1,0 +1,221 @@
+"""Measuring a convolution, one way for every caller: the tuner, ``benchmarks/`` and the demo.
+
+* inputs: :func:`random_inputs` (uniform in [-1, 1), never zeros) and how many copies to rotate;
+* the correctness check: :func:`tolerance` from the arithmetic and :func:`mismatch`;
+* timers: ``timer(run, plan) -> seconds`` (:class:`CpuTimer`, :class:`CudaEventTimer`), injectable so tests
+  can pass a fake one;
+* the ``jax.lax`` contender (:func:`jax_runner`), :func:`conv_kwargs` (a problem back to keyword arguments,
+  ``'same'`` for the asymmetric padding it resolves to), and the CUDA probe :func:`cuda_available`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from .problem import ConvProblem, make_problem
+from .strategy import Plan
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+def random_inputs(problem: ConvProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """x, w (and bias if the problem has one) uniform in [-1, 1), in the problem's dtype, on the host."""
+    draw = lambda shape: rng.uniform(-1, 1, shape).astype(problem.dtype)  # noqa: E731
+    return draw(problem.x_shape), draw(problem.w_shape), (draw((problem.k,)) if problem.has_bias else None)
+
+
+def copies_for(problem: ConvProblem, wanted: int) -> int:
+    """How many input copies to rotate: ``wanted``, fewer when one copy is already large."""
+    size = np.dtype(problem.dtype).itemsize * (math.prod(problem.x_shape) + math.prod(problem.w_shape))
+    return max(1, min(wanted, (1 << 30) // max(size, 1)))
+
+
+# ---- problem -> keyword arguments ----------------------------------------------------------
+
+def conv_kwargs(problem: ConvProblem) -> dict[str, Any]:
+    """``stride/padding/dilation/groups`` keywords that rebuild ``problem`` through conv1d/conv2d (torch or gpuconv).
+
+    Asymmetric padding is only expressible as ``'same'``.
+
+    Raises:
+        ValueError: padding that is neither symmetric nor what ``'same'`` resolves to.
+    """
+    t, b, l, r = problem.padding
+    if problem.ndim == 1:
+        kw: dict[str, Any] = dict(stride=problem.stride[1], dilation=problem.dilation[1], groups=problem.groups)
+        kw["padding"] = l if l == r else "same"
+    else:
+        kw = dict(stride=problem.stride, dilation=problem.dilation, groups=problem.groups)
+        kw["padding"] = (t, l) if (t, l) == (b, r) else "same"
+    fn = "conv1d" if problem.ndim == 1 else "conv2d"
+    try:
+        rebuilt = make_problem(fn, problem.x_shape, problem.w_shape, problem.dtype, problem.has_bias, **kw)
+    except ValueError:
+        rebuilt = None
+    if rebuilt != problem:
+        raise ValueError(f"padding {problem.padding} is neither symmetric nor 'same'; "
+                         f"x.shape={problem.x_shape}, w.shape={problem.w_shape}")
+    return kw
+
+
+# ---- the correctness check -----------------------------------------------------------------
+
+def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
+    """``(rtol, atol)`` for ``problem``'s output when every input term has magnitude at most ``scale``.
+
+    Each output is a dot product of ``problem.reduction`` terms; the rounding error of a length-n sum grows
+    at most like ``n * eps * max|term|``. float16 inputs are accumulated in float32 and rounded once to
+    float16, so they get one float16 ulp relative on top of the float32 sum.
+
+    Example:
+        >>> from gpuconv.problem import make_problem
+        >>> rtol, atol = tolerance(make_problem("conv2d", (1, 8, 5, 5), (4, 8, 3, 3), "float32", False))
+        >>> rtol < 1e-5 and atol < 1e-3
+        True
+    """
+    compute = np.float32 if problem.dtype == "float16" else np.dtype(problem.dtype)
+    eps = float(np.finfo(compute).eps)
+    atol = 4 * eps * (problem.reduction + 1) * scale
+    rtol = 2.0 ** -10 if problem.dtype == "float16" else 4 * eps
+    if problem.dtype == "float16":
+        atol += 2.0 ** -24  # float16 subnormal spacing
+    return rtol, atol
+
+
+def mismatch(actual: np.ndarray, expected: np.ndarray, problem: ConvProblem, scale: float = 1.0) -> str | None:
+    """None when ``actual`` matches ``expected`` within :func:`tolerance`, else a one-line description.
+
+    Shape is checked first, then dtype, then values (NaN only where the reference has NaN).
+    """
+    actual = np.asarray(actual)
+    if actual.shape != expected.shape:
+        return f"shape {actual.shape} != reference {expected.shape}"
+    if actual.dtype != expected.dtype:
+        return f"dtype {actual.dtype} != reference {expected.dtype}"
+    rtol, atol = tolerance(problem, scale)
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    if not np.array_equal(nan_a, nan_e):
+        return f"NaN at {int(np.count_nonzero(nan_a != nan_e))} positions where the reference has none (or vice versa)"
+    err = np.where(nan_e, 0.0, np.abs(a - e))
+    bad = err > atol + rtol * np.abs(np.where(nan_e, 0.0, e))
+    if not bad.any():
+        return None
+    worst = np.unravel_index(int(np.argmax(np.where(bad, err, -1.0))), err.shape)
+    return (f"{int(bad.sum())} of {bad.size} values differ from the reference; worst at {tuple(map(int, worst))}: "
+            f"{a[worst]:.6g} vs {e[worst]:.6g} (rtol={rtol:.2g}, atol={atol:.2g})")
+
+
+# ---- timers -------------------------------------------------------------------------------------
+
+class Timer(Protocol):
+    """What the tuner calls to time a candidate."""
+
+    def __call__(self, run: Callable[[], Any], plan: Plan) -> float: ...
+
+
+@dataclass(frozen=True)
+class CpuTimer:
+    """Median wall time (``time.perf_counter``) of up to ``repeat`` runs after ``warmup``, within ``budget_s``.
+
+    At least one timed run happens however slow the candidate is; more only while the budget lasts.
+    """
+
+    warmup: int = 1
+    repeat: int = 25
+    budget_s: float = 0.5
+
+    def __call__(self, run: Callable[[], Any], plan: Plan) -> float:
+        for _ in range(self.warmup):
+            run()
+        times: list[float] = []
+        deadline = time.perf_counter() + self.budget_s
+        while len(times) < self.repeat and (not times or time.perf_counter() < deadline):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class CudaEventTimer:
+    """Median of ``repeat`` CUDA-event intervals on the current stream after ``warmup`` runs, within ``budget_s``.
+
+    Each interval is bracketed by events recorded on the stream the kernel runs on, so host overhead
+    between launches is excluded but launch latency inside the interval is not.
+    """
+
+    warmup: int = 3
+    repeat: int = 50
+    budget_s: float = 1.0
+
+    def __call__(self, run: Callable[[], Any], plan: Plan) -> float:
+        import cupy
+
+        for _ in range(self.warmup):
+            run()
+        cupy.cuda.get_current_stream().synchronize()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        times: list[float] = []
+        deadline = time.perf_counter() + self.budget_s
+        while len(times) < self.repeat and (not times or time.perf_counter() < deadline):
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+        return statistics.median(times)
+
+
+def jax_runner(problem: ConvProblem, backend: str, inputs: list[tuple[Any, Any, Any]]) -> Callable[[], Any] | None:
+    """A ``run`` callable for ``jax.lax.conv_general_dilated`` on the same device kind, or None without one.
+
+    ``inputs`` are host (NumPy) copies ``(x, w, bias)``; they are placed on the device once and rotated
+    like the candidates' inputs. JAX runs at its default precision and in the problem's dtype: it is the
+    peer being compared against, not the oracle.
+    """
+    try:
+        import jax
+        from jax import lax
+    except ImportError:
+        return None
+    try:
+        device = jax.devices("cpu" if backend == "cpu" else "gpu")[0]
+    except RuntimeError:  # no such platform in this JAX install
+        return None
+    t, b, l, r = problem.padding
+
+    def conv(x: Any, w: Any, bias: Any) -> Any:
+        y = lax.conv_general_dilated(x, w, window_strides=problem.stride, padding=((t, b), (l, r)),
+                                     rhs_dilation=problem.dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                     feature_group_count=problem.groups)
+        return y if bias is None else y + bias[None, :, None, None]
+
+    f = jax.jit(conv)
+    shape4 = (problem.n, problem.c, problem.h, problem.w), (problem.k, problem.cg, problem.r, problem.s)
+    placed = [(jax.device_put(x.reshape(shape4[0]), device), jax.device_put(w.reshape(shape4[1]), device),
+               None if bias is None else jax.device_put(bias, device)) for x, w, bias in inputs]
+    counter = iter(range(1 << 62))
+
+    def run() -> Any:
+        return f(*placed[next(counter) % len(placed)]).block_until_ready()
+
+    return run
+
+
+# ---- the CUDA probe ---------------------------------------------------------------------------
+
+def cuda_available() -> bool:
+    """Whether CuPy is importable and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
