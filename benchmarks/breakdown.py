@@ -44,7 +44,7 @@ def copy_roof(mib: int = 256, repeat: int = 5) -> dict[str, Any]:
 
 def pieces(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> dict[str, Any]:
     """Zero-argument callables for ``pad``, ``gather`` and ``gemm`` of ``problem`` (each on prepared inputs)."""
-    n, g, cg, kg = problem.n, problem.groups, problem.cg, problem.kg
+    n, g, kg = problem.n, problem.groups, problem.kg
     x4 = x.reshape(n, problem.c, problem.h, problem.w)
     t, b, l, r = problem.padding
     xp = np.pad(x4, ((0, 0), (0, 0), (t, b), (l, r)))
@@ -141,7 +141,7 @@ def markdown(result: dict[str, Any]) -> str:
     body = []
     for row in result["layers"]:
         m, v = row["median_s"], row["figures"]
-        ms = lambda k: f"{m[k] * 1e3:.3g}" if k in m else "–"  # noqa: E731
+        ms = lambda k, m=m: f"{m[k] * 1e3:.3g}" if k in m else "–"  # noqa: E731
         body.append([row["name"], f"{row['auto']['strategy']} ({row['auto']['source']})",
                      "×".join(map(str, row["gemm_shape"])), ms("part:pad"),
                      f"{ms('part:gather')} ({v['gather_gbs']:.1f}, {100 * v['gather_copy_fraction']:.0f}%)",

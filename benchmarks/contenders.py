@@ -19,7 +19,7 @@ import numpy as np
 import gpuconv
 from gpuconv.backends import get_backend
 from gpuconv.measure import conv_kwargs
-from gpuconv.problem import ConvProblem, make_problem
+from gpuconv.problem import ConvProblem
 
 from .machine import cores
 
@@ -67,7 +67,7 @@ class Lineup:
     missing: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def select(self, patterns: list[str] | None, skip: list[str] | None = None) -> "Lineup":
+    def select(self, patterns: list[str] | None, skip: list[str] | None = None) -> Lineup:
         """The contenders whose name matches one of the shell-style ``patterns`` (all when None) and none of
         ``skip``.
 

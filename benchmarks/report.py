@@ -129,7 +129,8 @@ def markdown(result: dict[str, Any], plots: list[str] = ()) -> str:
     if s["backend"] == "cuda" and "float16" in roofs:
         lines.append(f"fp16 GEMM roof: best {roofs['float16']['best_gflops']:.0f} GFLOP/s.")
     lines += ["", f"Timing: per contender the median of up to {s['repeat']} repetitions, run interleaved "
-              f"(round-robin) after {s['warmup']} warm-up calls, at most ~{s['budget_s']} s each per layer (at least 3 runs; "
+              f"(round-robin) after {s['warmup']} warm-up calls, at most ~{s['budget_s']} s each per layer "
+              "(at least 3 runs; "
               "a contender whose single call exceeds that is run once); "
               "[q1–q3] is the interquartile range. Every contender was checked once against "
               "`gpuconv.reference` (jax.lax at HIGHEST precision) before timing; a wrong result is reported as "

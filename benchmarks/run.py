@@ -70,7 +70,7 @@ class Config:
             return self.settle_s
         return 0.15 if backend == "cpu" else 0.0
 
-    def quickened(self) -> "Config":
+    def quickened(self) -> Config:
         """The same run, cut down to seconds: few repetitions, a small roof and a short scaling sweep."""
         if not self.quick:
             return self
@@ -292,7 +292,7 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
         "roof": roofs,
         "shapes": rows,
         "summary": summary(rows, lineup.contenders),
-        "scaling": {"template": "N=1, C=K={0}, 3x3, stride 1, padding 1, H=W=size".format(cfg.scaling_channels),
+        "scaling": {"template": f"N=1, C=K={cfg.scaling_channels}, 3x3, stride 1, padding 1, H=W=size",
                     "naive_max": cfg.naive_max, "points": sweep},
     }
 

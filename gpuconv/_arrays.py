@@ -45,7 +45,8 @@ def kind_of(fn: str, name: str, a: Any) -> ArrayKind:
             return ArrayKind("cpu", lib)
         if dev_type in (_DL_CUDA, _DL_CUDA_MANAGED):
             return ArrayKind("cuda", lib, int(dev_id))
-        raise TypeError(f"{fn}: {name} is a {lib} array on DLPack device type {dev_type}, which gpuconv does not support")
+        raise TypeError(f"{fn}: {name} is a {lib} array on DLPack device type {dev_type}, "
+                        "which gpuconv does not support")
     raise TypeError(f"{fn}: {name} must be a NumPy or CuPy array (or a DLPack array), got {type(a).__name__}")
 
 

@@ -16,4 +16,5 @@ def get_backend(name: str) -> ModuleType:
     try:
         return importlib.import_module(_MODULES[name])
     except ImportError as e:
-        raise ImportError(f"the {name} backend needs a missing dependency ({e}); install it with {_EXTRAS[name]}") from e
+        raise ImportError(f"the {name} backend needs a missing dependency ({e}); "
+                          f"install it with {_EXTRAS[name]}") from e

@@ -21,7 +21,6 @@ import numpy as np
 from .problem import ConvProblem, make_problem
 from .strategy import Plan
 
-
 # ---- inputs -------------------------------------------------------------------------------------
 
 def random_inputs(problem: ConvProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

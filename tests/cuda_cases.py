@@ -8,12 +8,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-
 from emu import EmuExecutor
+from helpers import CASES, Case, assert_matches, random_inputs
+
 from gpuconv.cuda import STRATEGIES
 from gpuconv.problem import ConvProblem
 from gpuconv.reference import run_problem
-from helpers import CASES, Case, assert_matches, random_inputs
 
 # Shapes beyond the shared grid that stress the GEMM's edges: partial tiles in M, N and K, a reduction of many
 # slices, image widths that are and are not multiples of the vector width, and many groups.
@@ -73,7 +73,7 @@ def cases_for(name: str) -> list[Case]:
     return [c for c in CASES + EXTRA.get(name, []) if STRATEGIES[name].supports(c.problem())]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(case: Case, dtype: str, seed: int) -> np.ndarray:
     x, w, b = random_inputs(case, dtype, seed)
     return run_problem(case.problem(dtype), x, w, b)

@@ -12,8 +12,7 @@ import pytest
 
 import gpuconv
 from gpuconv import cache, plan
-from gpuconv.autotune import CpuTimer, Target, make_storage, mismatch, tolerance, tune, tune_shapes
-from gpuconv.autotune import first_call, search
+from gpuconv.autotune import CpuTimer, Target, first_call, make_storage, mismatch, search, tune, tune_shapes
 from gpuconv.autotune import target as target_mod
 from gpuconv.problem import make_problem
 from gpuconv.shapes import Shape

@@ -16,10 +16,10 @@ import pytest
 
 from gpuconv import cache, cpu, plan
 from gpuconv.cache import TuningCache
-
-FILE = plan.cache_file("cpu")
 from gpuconv.problem import make_problem
 from gpuconv.strategy import Plan, Strategy
+
+FILE = plan.cache_file("cpu")
 
 PROBLEM = make_problem("conv2d", (1, 3, 8, 8), (4, 3, 3, 3), "float32", False, padding=1)
 
@@ -73,8 +73,8 @@ def test_key_does_not_move_with_optional_packages(alt: Strategy) -> None:
         for name in ("threadpoolctl", "optuna", "jax", "torch", "cupy", "matplotlib", "scipy"):
             sys.modules[name] = None  # import fails as if it were not installed
         from gpuconv import cpu, plan
-        print(plan.cache_key(%s, "cpu"))
-    """ % _problem_source_exact())
+        print(plan.cache_key(PROBLEM_SOURCE, "cpu"))
+    """).replace("PROBLEM_SOURCE", _problem_source_exact())
     env = _env(store.directory)
     hidden = subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120, capture_output=True,
                             text=True).stdout.strip()

@@ -9,12 +9,12 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import CASES, Case, assert_matches, random_inputs
 
 import gpuconv
 from gpuconv import cpu, reference
 from gpuconv.cpu import STRATEGIES
 from gpuconv.strategy import Plan
-from helpers import CASES, Case, assert_matches, random_inputs
 
 try:
     import torch
@@ -38,7 +38,7 @@ def _variants() -> list:
 VARIANTS = _variants()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(case: Case, dtype: str) -> np.ndarray:
     x, w, b = random_inputs(case, dtype)
     return getattr(reference, case.fn)(x, w, b, **case.kwargs)
@@ -277,7 +277,8 @@ def test_empty_batch(name: str) -> None:
 def test_unsupported_forced_strategy_names_the_requirement() -> None:
     x, w = random_inputs(Case((1, 4, 8, 8), (4, 4, 3, 3)), "float32")[:2]
     with pytest.raises(ValueError, match=r"conv2d: strategy 'pointwise' cannot compute this problem: it requires "
-                                         r"a 1x1 kernel and no padding; x.shape=\(1, 4, 8, 8\), w.shape=\(4, 4, 3, 3\)"):
+                                         r"a 1x1 kernel and no padding; "
+                                         r"x.shape=\(1, 4, 8, 8\), w.shape=\(4, 4, 3, 3\)"):
         gpuconv.conv2d(x, w, strategy="pointwise")
     with pytest.raises(ValueError, match=r"strategy 'depthwise' cannot compute this problem: it requires groups == C"):
         gpuconv.conv2d(x, w, strategy="depthwise")

@@ -12,13 +12,13 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import Case, assert_matches, random_inputs
 
 import gpuconv
 from gpuconv import cpu, reference
 from gpuconv.cpu import winograd
 from gpuconv.problem import make_problem
 from gpuconv.strategy import Plan
-from helpers import Case, assert_matches, random_inputs
 
 try:
     import torch

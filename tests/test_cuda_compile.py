@@ -19,13 +19,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pytest
+from helpers import sample_product
 
 from gpuconv.cuda import STRATEGIES
 from gpuconv.cuda.compile import KernelError, compile_ptx
 from gpuconv.cuda.executor import check_launch
 from gpuconv.cuda.source import render
 from gpuconv.problem import DTYPES, ConvProblem, make_problem
-from helpers import sample_product
 
 ARCHS = ("compute_80", "compute_90")
 SMEM_LIMIT = 48 * 1024
@@ -94,7 +94,7 @@ def variant_points() -> list[tuple[str, str, tuple[tuple[str, int], ...]]]:
 POINTS = variant_points()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ptx_of(kernel: str, params: tuple[tuple[str, int], ...], dtype: str, arch: str) -> str:
     return compile_ptx(kernel, dict(params), dtype, arch)
 

@@ -4,10 +4,10 @@ the problem. Its runs on the shared grid, edge cases and variants are in ``test_
 from __future__ import annotations
 
 import pytest
-
 from cuda_cases import check
-from gpuconv.cuda import direct
 from helpers import Case, sample_product
+
+from gpuconv.cuda import direct
 
 STRATEGY = direct.STRATEGY
 

@@ -10,13 +10,13 @@ import importlib
 
 import numpy as np
 import pytest
-
 from cuda_cases import GEMM_EXTRA, VARIANTS, cases_for, check, reference
 from emu import EmuExecutor
+from helpers import CASES, Case, assert_matches, random_inputs, sample_product
+
 from gpuconv.cuda import STRATEGIES, gemm, heuristic, im2col, pointwise, run_plan
 from gpuconv.cuda.compile import KernelError
 from gpuconv.strategy import Plan
-from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
 # Every strategy on the shared grid plus its kernel's own edge cases.
 SUPPORTED = [(name, case) for name in sorted(STRATEGIES) for case in cases_for(name)]
@@ -57,7 +57,8 @@ def _variants(name: str) -> list[dict[str, int]]:
     uneven = max(points, key=lambda v: max(shape(v)) / min(shape(v)))
     largest = max(points, key=lambda v: (np.prod(shape(v)), shape(v)))
     smallest = min(points, key=lambda v: (np.prod(shape(v)), shape(v)))
-    picked = VARIANTS.get(name, []) + [uneven, largest, smallest] + [v[0] for v in sample_product(points, limit=3, seed=5)]
+    sampled = [v[0] for v in sample_product(points, limit=3, seed=5)]
+    picked = VARIANTS.get(name, []) + [uneven, largest, smallest] + sampled
     return list({tuple(sorted(v.items())): v for v in picked}.values())
 
 

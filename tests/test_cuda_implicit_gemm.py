@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from cuda_cases import check
 from emu import EmuExecutor
-from gpuconv.cuda import implicit_gemm
 from helpers import Case, random_inputs
+
+from gpuconv.cuda import implicit_gemm
 
 STRATEGY = implicit_gemm.STRATEGY
 

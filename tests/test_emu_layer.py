@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from emu import EmuExecutor, kernel_names
+
 from gpuconv.cuda.compile import KernelError
 
 SOURCE = r"""

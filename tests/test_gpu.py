@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
 import gpuconv
 from gpuconv.reference import run_problem
-from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")

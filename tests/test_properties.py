@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from helpers import Case, assert_matches, random_inputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuconv import cpu, reference
 from gpuconv.cpu import STRATEGIES
 from gpuconv.strategy import Plan
-from helpers import Case, assert_matches, random_inputs
 
 settings.register_profile("gpuconv-cpu", max_examples=40, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])

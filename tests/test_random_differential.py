@@ -22,14 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from helpers import Case, random_inputs
 
 import gpuconv
 from gpuconv import cpu, reference
-from gpuconv.measure import mismatch
 from gpuconv.cpu import STRATEGIES
+from gpuconv.measure import mismatch
 from gpuconv.problem import ConvProblem
 from gpuconv.strategy import Plan
-from helpers import Case, random_inputs
 
 N_SEEDS = 240
 CHUNK = 12

@@ -7,11 +7,11 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from helpers import CASES
 
 import gpuconv
 from gpuconv import reference
-from gpuconv.problem import ConvProblem, make_problem
-from helpers import CASES
+from gpuconv.problem import make_problem
 
 try:
     import torch

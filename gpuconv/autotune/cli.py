@@ -156,7 +156,8 @@ def _run(args: argparse.Namespace, shape_set: list[Any], target: Any, store: _ca
 
     def on_trial(trial: Any, best: float, done: int) -> None:
         if bar is not None:
-            bar.set_postfix_str(f"trial {done}/{args.trials} best {report.fmt_time(best if best != float('inf') else None)}")
+            shown = report.fmt_time(best if best != float("inf") else None)
+            bar.set_postfix_str(f"trial {done}/{args.trials} best {shown}")
 
     try:
         for outcome in tune_shapes(shape_set, target, store, trials=args.trials, timeout=args.timeout,

@@ -17,6 +17,7 @@ from .result import Trial, TuneResult
 from .search import tune
 from .target import Target, current_device
 
+
 @dataclass
 class Outcome:
     """What happened to one shape.

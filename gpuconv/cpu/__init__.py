@@ -25,13 +25,13 @@ import numpy as np
 from ..problem import ConvProblem
 from ..strategy import Params, Plan, Strategy
 from . import _views
-from ._machine import fingerprint
 from . import depthwise as _depthwise
 from . import direct as _direct
 from . import fft as _fft
 from . import im2col as _im2col
 from . import pointwise as _pointwise
 from . import winograd as _winograd
+from ._machine import fingerprint as fingerprint
 
 
 def _wide_needs_stride1(params: Params, problem: ConvProblem | None) -> bool:

@@ -83,7 +83,7 @@ def blas() -> dict[str, str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fingerprint(device: int = 0) -> Mapping[str, str]:
     """The CPU backend's part of a cache key, computed once per process.
 

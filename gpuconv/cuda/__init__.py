@@ -17,7 +17,7 @@ from ..problem import ConvProblem
 from ..strategy import Plan, Strategy
 from . import direct, im2col, implicit_gemm, pointwise
 from .executor import CupyExecutor, Executor
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint as fingerprint
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s

@@ -23,7 +23,7 @@ def _describe(kernel: str, params: Mapping[str, int], dtype: str, options: tuple
     return f"kernel {kernel!r} with params {dict(sorted(params.items()))}, dtype {dtype}, options {list(options)}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(kernel: str, params: tuple[tuple[str, int], ...], dtype: str, device: int) -> Any:
     """Build and load the module; failures raise and are not memoized, so a later call tries again."""
     import cupy

@@ -12,7 +12,7 @@ from .source import source_hash
 _HERE = Path(__file__).resolve().parent
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fingerprint(device: int = 0) -> Mapping[str, str]:
     """The CUDA backend's part of a cache key for ``device``, computed once per process and device.
 

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from ..problem import DTYPES
 from .._data import data_dir
+from ..problem import DTYPES
 
 KERNEL_DIR = data_dir("_kernels", "kernels")
 

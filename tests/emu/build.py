@@ -40,7 +40,7 @@ def cache_dir() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiler_id() -> str:
     out = subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True)
     return out.stdout.splitlines()[0]
@@ -65,7 +65,7 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def runtime_object() -> Path:
     """The scheduler, compiled once per header/runtime version."""
     key = _digest(HEADER.read_bytes(), RUNTIME.read_bytes(), " ".join(FLAGS), _compiler_id())
