@@ -8,7 +8,6 @@ without a path (``resnet50``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -92,8 +91,3 @@ def _entry(path: Path, i: int, e: Any, batch: int | None, dtype: str | None) -> 
     if not (isinstance(count, int) and count >= 1):
         raise ValueError(f"{where}: field 'count' must be a positive int, got {count!r}")
     return Shape(str(e.get("name", f"{fn}_{i}")), problem, count)
-
-
-def with_batch(problem: ConvProblem, n: int) -> ConvProblem:
-    """The same problem with batch size ``n``."""
-    return dataclasses.replace(problem, n=n)

@@ -32,8 +32,3 @@ def empty(role: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarr
     if buf is None or buf.nbytes < nbytes:
         buf = buffers[role] = np.empty(max(nbytes, 1), np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
-
-
-def clear() -> None:
-    """Release this thread's buffers."""
-    _local.__dict__.pop("buffers", None)

@@ -12,7 +12,7 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import Executor
-from .source import ACC_BYTES, SMEM_LIMIT
+from .source import ACC_BYTES, fits_smem
 
 KERNEL, FUNC = "direct", "direct_conv"
 
@@ -45,8 +45,7 @@ def smem_bytes(params: Params, dtype: str) -> int:
 
 
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
-    # Without a problem, the widest accumulator (float64) decides, so every dtype compiles.
-    return smem_bytes(params, problem.dtype if problem else "float64") <= SMEM_LIMIT
+    return fits_smem(smem_bytes, params, problem)
 
 
 def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:

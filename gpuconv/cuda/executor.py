@@ -11,14 +11,14 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from .compile import KernelError
+from .source import INT32_MAX
 
 Dim3 = tuple[int, int, int]
 
 #: CUDA's limits on launch geometry (all compute capabilities gpuconv supports).
 MAX_THREADS = 1024
 MAX_BLOCK = (1024, 1024, 64)
-MAX_GRID = (2**31 - 1, 65535, 65535)
-INT32_MAX = 2**31 - 1
+MAX_GRID = (INT32_MAX, 65535, 65535)
 
 
 class Executor(Protocol):

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from ..problem import ConvProblem
 from ..strategy import Params
 from .executor import Executor
-from .source import ACC_BYTES, SMEM_LIMIT
+from .source import ACC_BYTES, ITEM_BYTES, fits_smem, sm_count, thread_tile_threads
 
 KERNEL, FUNC = "gemm", "gemm"
 
@@ -26,13 +26,7 @@ SPACE: dict[str, list[int]] = {
 DEFAULTS: dict[str, int] = {"BM": 128, "BN": 128, "BK": 8, "TM": 8, "TN": 8}
 
 REGISTERS_PER_SM = 65536
-_ITEM = {"float16": 2, "float32": 4, "float64": 8}
-INT32_MAX = 2**31 - 1
-
-
-def threads(params: Params) -> int:
-    """Threads per block: one per TM x TN thread tile."""
-    return (params["BM"] // params["TM"]) * (params["BN"] // params["TN"])
+threads = thread_tile_threads
 
 
 def smem_bytes(params: Params, dtype: str) -> int:
@@ -43,7 +37,7 @@ def smem_bytes(params: Params, dtype: str) -> int:
 
 def registers(params: Params, dtype: str) -> int:
     """The kernel's own rough register estimate (``kRegEstimate`` in gemm.cu)."""
-    vec = 16 // _ITEM[dtype]
+    vec = 16 // ITEM_BYTES[dtype]
     nt = threads(params)
     loads = -(-params["BM"] * params["BK"] // vec // nt) + -(-params["BK"] * params["BN"] // vec // nt)
     tm, tn = params["TM"], params["TN"]
@@ -52,7 +46,7 @@ def registers(params: Params, dtype: str) -> int:
 
 def _dtypes(problem: ConvProblem | None) -> tuple[str, ...]:
     # Without a problem, a point must work for every dtype.
-    return (problem.dtype,) if problem is not None else tuple(_ITEM)
+    return (problem.dtype,) if problem is not None else tuple(ITEM_BYTES)
 
 
 def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
@@ -60,7 +54,7 @@ def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
 
 
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
-    return all(smem_bytes(params, d) <= SMEM_LIMIT for d in _dtypes(problem))
+    return fits_smem(smem_bytes, params, problem)
 
 
 def _fits_registers(params: Params, problem: ConvProblem | None) -> bool:
@@ -84,13 +78,14 @@ _DOUBLE_PRESETS: tuple[dict[str, int], ...] = (
     {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4},
     {"BM": 32, "BN": 64, "BK": 16, "TM": 2, "TN": 4},
 )
-_TARGET_BLOCKS = 2 * 132  # two waves' worth of blocks on an H100 SXM (132 SMs)
+_WAVES = 2  # the heuristic wants two waves' worth of blocks
 
 
 def pick(m: int, n: int, batch: int, dtype: str) -> dict[str, int]:
     """Tiles for an ``m x n`` output (``batch`` times) without tuning: the largest preset that wastes little of
     its tiles and still gives the GPU enough blocks, else the one with the least waste."""
     presets = _DOUBLE_PRESETS if dtype == "float64" else _PRESETS
+    target = _WAVES * sm_count()
 
     def blocks(p: Mapping[str, int]) -> int:
         return -(-m // p["BM"]) * -(-n // p["BN"]) * batch
@@ -99,9 +94,9 @@ def pick(m: int, n: int, batch: int, dtype: str) -> dict[str, int]:
         return 1 - m * n * batch / (blocks(p) * p["BM"] * p["BN"])
 
     for p in presets:
-        if blocks(p) >= _TARGET_BLOCKS and waste(p) < 0.25:
+        if blocks(p) >= target and waste(p) < 0.25:
             return dict(p)
-    return dict(min(presets, key=lambda p: (waste(p) > 0.25, -min(blocks(p), _TARGET_BLOCKS), waste(p))))
+    return dict(min(presets, key=lambda p: (waste(p) > 0.25, -min(blocks(p), target), waste(p))))
 
 
 def launch(ex: Executor, params: Params, dtype: str, *, a: Any, b: Any, bias: Any, c: Any, m: int, n: int, k: int,

@@ -12,13 +12,14 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from . import gemm
-from .executor import Executor
+from .executor import MAX_GRID, Executor
+from .source import INT32_MAX, ITEM_BYTES
 
 KERNEL, FUNC = "im2col", "im2col"
 #: The im2col kernel is a plain memory-bound copy; its launch shape is fixed, not tuned.
 IM2COL_PARAMS: dict[str, int] = {"IM2COL_THREADS": 256, "IM2COL_ROWS": 8}
 WORKSPACE_BYTES = 256 * 2**20
-_ITEM = {"float16": 2, "float32": 4, "float64": 8}
+MAX_GRID_YZ = MAX_GRID[1]  # rows of the column matrix run on gridDim.y, groups on gridDim.z
 _PITCH = 8  # elements: 16 bytes of float16, 32 of float32, 64 of float64
 
 
@@ -26,9 +27,9 @@ def images_per_chunk(problem: ConvProblem) -> int:
     """How many images one im2col + GEMM pass handles."""
     pq, rows = problem.p * problem.q, problem.reduction
     per_image = problem.groups * rows * pq
-    limit = min(WORKSPACE_BYTES // (per_image * _ITEM[problem.dtype]),
-                (gemm.INT32_MAX - rows * _PITCH) // (rows * pq),  # one group's columns, row pitch rounded up
-                gemm.INT32_MAX // (problem.k * pq))               # offsets into the chunk of y
+    limit = min(WORKSPACE_BYTES // (per_image * ITEM_BYTES[problem.dtype]),
+                (INT32_MAX - rows * _PITCH) // (rows * pq),  # one group's columns, row pitch rounded up
+                INT32_MAX // (problem.k * pq))               # offsets into the chunk of y
     return max(1, min(problem.n, limit))
 
 
@@ -70,16 +71,16 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
 def _supports(problem: ConvProblem) -> bool:
     # Rows of one group's columns run on gridDim.y in steps of IM2COL_ROWS; groups on gridDim.z.
     pq = problem.p * problem.q
-    return (problem.groups <= 65535 and -(-problem.reduction // IM2COL_PARAMS["IM2COL_ROWS"]) <= 65535
-            and problem.reduction * (pq + _PITCH) <= gemm.INT32_MAX and problem.k * pq <= gemm.INT32_MAX)
+    return (problem.groups <= MAX_GRID_YZ and -(-problem.reduction // IM2COL_PARAMS["IM2COL_ROWS"]) <= MAX_GRID_YZ
+            and problem.reduction * (pq + _PITCH) <= INT32_MAX and problem.k * pq <= INT32_MAX)
 
 
 STRATEGY = Strategy(
     name="im2col",
     run=run,
     supports=_supports,
-    requires=("at most 65535 groups, C/groups*R*S <= 524280, and one image's columns and output below 2**31 "
-              "elements"),
+    requires=(f"at most {MAX_GRID_YZ} groups, C/groups*R*S <= {MAX_GRID_YZ * IM2COL_PARAMS['IM2COL_ROWS']}, and one "
+              "image's columns and output below 2**31 elements"),
     space=gemm.SPACE,
     constraints=gemm.CONSTRAINTS,
     defaults=gemm.DEFAULTS,

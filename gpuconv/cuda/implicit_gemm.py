@@ -13,7 +13,7 @@ from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from . import gemm
 from .executor import Executor
-from .source import ACC_BYTES, SMEM_LIMIT
+from .source import ACC_BYTES, fits_smem, sm_count, thread_tile_threads
 
 KERNEL, FUNC = "implicit_gemm", "implicit_gemm_conv"
 
@@ -24,9 +24,7 @@ DEFAULTS: dict[str, int] = {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4}
 
 
 
-def threads(params: Params) -> int:
-    """Threads per block: one per TM x TN thread tile."""
-    return (params["BM"] // params["TM"]) * (params["BN"] // params["TN"])
+threads = thread_tile_threads
 
 
 def smem_bytes(params: Params, dtype: str) -> int:
@@ -55,8 +53,7 @@ def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
 
 
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
-    # Without a problem, the widest accumulator (float64) decides, so every dtype compiles.
-    return smem_bytes(params, problem.dtype if problem else "float64") <= SMEM_LIMIT
+    return fits_smem(smem_bytes, params, problem)
 
 
 def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias: Any, y: Any) -> None:
@@ -99,13 +96,14 @@ _PREFERRED: tuple[tuple[int, int, int, int, int], ...] = (
     (64, 32, 16, 4, 2),
     (32, 32, 32, 4, 2),
 )
-_MIN_BLOCKS = 2 * 132  # two blocks per SM of an H100/H200
+_BLOCKS_PER_SM = 2  # the heuristic wants about two blocks per SM
 
 
 def heuristic_params(problem: ConvProblem) -> dict[str, int]:
     """A point of the space for ``problem`` without tuning: the largest preferred tile that does not waste
     more than half of its rows on missing output channels and still launches about two blocks per SM."""
     ncols = problem.n * problem.p * problem.q
+    min_blocks = _BLOCKS_PER_SM * sm_count()
     fallback = dict(DEFAULTS)
     for bm, bn, bk, tm, tn in _PREFERRED:
         params = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn}
@@ -113,6 +111,6 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
             continue
         fallback = params
         blocks = -(-ncols // bn) * -(-problem.kg // bm) * problem.groups
-        if blocks >= _MIN_BLOCKS:
+        if blocks >= min_blocks:
             return params
     return fallback

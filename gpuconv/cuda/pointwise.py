@@ -12,12 +12,13 @@ from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from . import gemm
 from .executor import Executor
+from .source import INT32_MAX
 
 
 def images_per_chunk(problem: ConvProblem) -> int:
     """Images per GEMM launch, so that every offset into x and y inside one launch fits in int32."""
     hw = problem.h * problem.w
-    return max(1, min(problem.n, gemm.INT32_MAX // (max(problem.c, problem.k) * hw)))
+    return max(1, min(problem.n, INT32_MAX // (max(problem.c, problem.k) * hw)))
 
 
 def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias: Any, y: Any) -> None:
@@ -40,7 +41,7 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
 
 def _supports(problem: ConvProblem) -> bool:
     return (problem.is_pointwise and problem.groups <= 65535
-            and max(problem.c, problem.k) * problem.h * problem.w <= gemm.INT32_MAX)
+            and max(problem.c, problem.k) * problem.h * problem.w <= INT32_MAX)
 
 
 STRATEGY = Strategy(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .._data import data_dir
-from ..problem import DTYPES
+from ..problem import DTYPES, ConvProblem
 
 KERNEL_DIR = data_dir("_kernels", "kernels")
 
@@ -27,8 +27,40 @@ CTYPES: dict[str, tuple[str, str]] = {
 #: Bytes of the accumulator type: the kernels stage their shared-memory tiles in ACC_T.
 ACC_BYTES: dict[str, int] = {"float16": 4, "float32": 4, "float64": 8}
 
+#: Bytes of one element of each dtype.
+ITEM_BYTES: dict[str, int] = {"float16": 2, "float32": 4, "float64": 8}
+
 #: Static shared memory a block may declare.
 SMEM_LIMIT = 48 * 1024
+
+#: The largest value of a kernel's ``int`` index or argument.
+INT32_MAX = 2**31 - 1
+
+#: Streaming multiprocessors assumed when no device can be asked (an H100/H200 SXM has 132).
+DEFAULT_SM_COUNT = 132
+
+
+def sm_count() -> int:
+    """Multiprocessors of the current CUDA device, or :data:`DEFAULT_SM_COUNT` where none can be asked."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+    except Exception:  # no driver or no device (compile-only and emulated runs)
+        return DEFAULT_SM_COUNT
+
+
+def thread_tile_threads(params: Mapping[str, int]) -> int:
+    """Threads per block of a BM x BN block tile computed in TM x TN thread tiles (the GEMM-like kernels)."""
+    return (params["BM"] // params["TM"]) * (params["BN"] // params["TN"])
+
+
+def fits_smem(smem_bytes: Callable[[Mapping[str, int], str], int], params: Mapping[str, int],
+              problem: ConvProblem | None) -> bool:
+    """Whether a kernel's static shared memory fits for ``problem``'s dtype, or, without a problem, for every
+    dtype (the widest accumulator decides), so that every point of a space compiles."""
+    dtypes = (problem.dtype,) if problem is not None else tuple(ACC_BYTES)
+    return all(smem_bytes(params, d) <= SMEM_LIMIT for d in dtypes)
 
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _KERNEL = re.compile(r"[a-z][a-z0-9_]*\Z")
