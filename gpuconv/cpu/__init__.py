@@ -59,34 +59,55 @@ STRATEGIES: dict[str, Strategy] = {
 DIRECT_ABOVE_BYTES = 512 * 2**20
 
 
+def _wide(problem: ConvProblem) -> dict[str, int]:
+    # The wide layout turns a gather of Q-element rows into long contiguous runs but computes Wp - Q junk
+    # columns per row. For im2col and direct it pays on narrow images with little junk (ResNet-50 res2 and
+    # res3, U-Net at 32-64 wide), not at 14% junk (res4) nor where rows are long already (VGG at 112-224).
+    return {"wide": int(_views.wide_pays(problem, max_waste=0.08) and problem.q <= 64)}
+
+
+def _depthwise_wide(problem: ConvProblem) -> dict[str, int]:
+    # Depthwise does no GEMM: long runs win even at 29% junk (MobileNet's 7x7 layers).
+    return {"wide": int(problem.stride == (1, 1))}
+
+
+def _no_params(problem: ConvProblem) -> dict[str, int]:
+    return {}
+
+
+def _cols_too_large(problem: ConvProblem) -> bool:
+    cols_per_image = problem.c * problem.r * problem.s * problem.p * problem.q * np.dtype(problem.dtype).itemsize
+    return cols_per_image > DIRECT_ABOVE_BYTES
+
+
+#: The heuristic: the first rule whose strategy supports the problem and whose condition holds wins; each rule
+#: gives that strategy's parameters for the problem.
+_RULES: list[tuple[str, Callable[[ConvProblem], bool], Callable[[ConvProblem], dict[str, int]]]] = [
+    ("pointwise", lambda p: True, _no_params),
+    ("depthwise", lambda p: p.groups > 1, _depthwise_wide),
+    ("fft", lambda p: p.r * p.s >= 25 and _fft_pays(p), _no_params),
+    ("winograd", lambda p: _winograd_pays(p), _no_params),
+    ("direct", _cols_too_large, _wide),
+    ("im2col", lambda p: True, _wide),
+]
+
+
 def heuristic(problem: ConvProblem) -> Plan:
-    """The strategy used when nothing is tuned for this problem, from its shape alone.
+    """The strategy used when nothing is tuned for this problem, from its shape alone (the first rule of
+    :data:`_RULES` that applies).
 
     Thresholds were measured on a 2-core AMD EPYC (no AVX-512) with NumPy's OpenBLAS; ``python -m gpuconv.demo
     --shapes resnet50`` times every strategy per layer to check them on another machine.
 
-    An empty batch (``N == 0``) gets the plan of one image: :func:`execute` runs no strategy for it, but the plan
-    must still be one that supports the problem, and the cost models below divide by, and index on, ``N``.
+    An empty batch (``N == 0``) gets the plan of one image: the runner computes nothing for it, but the plan
+    must still be one that supports the problem, and the cost models divide by, and index on, ``N``.
     """
     if problem.n == 0:
-        return heuristic(dataclasses.replace(problem, n=1))
-    # The wide layout turns a gather of Q-element rows into long contiguous runs but computes Wp - Q junk
-    # columns per row. For im2col and direct it pays on narrow images with little junk (ResNet-50 res2 and
-    # res3, U-Net at 32-64 wide), not at 14% junk (res4) nor where rows are long already (VGG at 112-224).
-    # Depthwise does no GEMM: long runs win even at 29% junk (MobileNet's 7x7 layers).
-    wide = int(_views.wide_pays(problem, max_waste=0.08) and problem.q <= 64)
-    if _pointwise.supports(problem):
-        return Plan("pointwise", {}, "heuristic")
-    if _depthwise.supports(problem) and problem.groups > 1:
-        return Plan("depthwise", {"wide": int(problem.stride == (1, 1))}, "heuristic")
-    if problem.r * problem.s >= 25 and _fft_pays(problem):
-        return Plan("fft", {}, "heuristic")
-    if _winograd_pays(problem):
-        return Plan("winograd", {}, "heuristic")
-    cols_per_image = problem.c * problem.r * problem.s * problem.p * problem.q * np.dtype(problem.dtype).itemsize
-    if cols_per_image > DIRECT_ABOVE_BYTES:
-        return Plan("direct", {"wide": wide}, "heuristic")
-    return Plan("im2col", {"wide": wide}, "heuristic")
+        problem = dataclasses.replace(problem, n=1)
+    for name, applies, params in _RULES:
+        if STRATEGIES[name].supports(problem) and applies(problem):
+            return Plan(name, params(problem), "heuristic")
+    raise AssertionError("the im2col rule applies to every problem")  # pragma: no cover
 
 
 def _winograd_pays(problem: ConvProblem) -> bool:
