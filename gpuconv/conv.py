@@ -3,12 +3,13 @@
 The first call with a given signature (array library, shapes, dtypes, options, strategy) validates its
 arguments (:func:`gpuconv.problem.problem_from_arrays`), asks :mod:`gpuconv.plan` for a plan and lets the
 backend prepare a runner for it. Later calls with the same signature build one tuple and find that runner
-in a dictionary: no validation, no planning, no imports.
+in a dictionary: no validation, no planning, no imports. A runner is dropped when :data:`gpuconv.plan.generation`
+moves (a decision stored, the autotune switch or the cache re-read with :func:`gpuconv.plan.forget`); the
+cache directory (``GPUCONV_CACHE_DIR``) is meant to be set before the first call, or followed by ``forget()``.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -16,14 +17,12 @@ import numpy as np
 from . import plan as _plan
 from ._arrays import from_backend, to_backend
 from .backends import get_backend
-from .cache import ENV_DIR
 from .problem import IntOrPair, Padding, problem_from_arrays
 
 Runner = Callable[[Any, Any, Any], Any]
 
 _PREPARED: dict[tuple[Any, ...], tuple[int, Runner]] = {}
 _PREPARED_MAX = 4096
-_environ = os.environ
 
 
 def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
@@ -96,8 +95,7 @@ def _call_key(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, dil
             and type(strategy) is str):
         return None
     b = None if bias is None else (bias.shape, bias.dtype)
-    return (fn, x.shape, x.dtype, w.shape, w.dtype, b, stride, padding, dilation, groups, strategy,
-            _environ.get(ENV_DIR))
+    return (fn, x.shape, x.dtype, w.shape, w.dtype, b, stride, padding, dilation, groups, strategy)
 
 
 def _conv(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Padding, dilation: IntOrPair,

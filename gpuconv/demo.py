@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import shapes as _shapes
-from .measure import conv_kwargs
+from .measure import conv_kwargs, mismatch, random_inputs
 from .problem import ConvProblem, make_problem
 from .strategy import Plan
 
@@ -139,7 +139,8 @@ def check(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> dict[str, float
     """Largest error of every gpuconv contender against the jax.lax reference, relative to the output scale.
 
     Raises:
-        AssertionError: a strategy is off by more than ``1e-5`` of the output's magnitude (float32).
+        AssertionError: a strategy misses the reference by more than the tolerance of the arithmetic
+            (:func:`gpuconv.measure.mismatch`, the tuner's own check).
     """
     from . import reference
 
@@ -147,17 +148,17 @@ def check(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> dict[str, float
     scale = float(np.abs(expected).max())
     errors = {}
     for c in contenders(problem, x, w, peers=False):
-        err = float(np.abs(np.asarray(c.call(), np.float64) - expected).max()) / scale
-        if not err < 1e-5:
-            raise AssertionError(f"demo: {c.label} differs from the reference by {err:.2e} of the output scale")
-        errors[c.label] = err
+        out = np.asarray(c.call())
+        bad = mismatch(out, expected, problem)
+        if bad is not None:
+            raise AssertionError(f"demo: {c.label} differs from the reference: {bad}")
+        errors[c.label] = float(np.abs(out.astype(np.float64) - expected).max()) / scale
     return errors
 
 
 def _inputs(problem: ConvProblem, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    dtype = np.dtype(problem.dtype)
-    return (rng.uniform(-1, 1, problem.x_shape).astype(dtype), rng.uniform(-1, 1, problem.w_shape).astype(dtype))
+    x, w, _ = random_inputs(problem, np.random.default_rng(seed))
+    return x, w
 
 
 def demo_one(problem: ConvProblem, repeat: int, stat: str = "median") -> None:

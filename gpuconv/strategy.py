@@ -1,18 +1,37 @@
 """What every strategy declares, on every backend: its entry point, which problems it handles, its tunables.
 
 A backend module (``gpuconv.cpu``, ``gpuconv.cuda``) exposes ``STRATEGIES: dict[str, Strategy]``, a
-``heuristic(problem) -> Plan`` and ``execute(problem, plan, x, w, bias)``. The autotuner searches exactly
+``heuristic(problem) -> Plan``, ``prepare(problem, plan) -> run(x, w, bias)`` (the hot path),
+``execute(problem, plan, x, w, bias)`` (prepare and run once) and ``fingerprint(device)`` (what identifies the
+machine and the backend's code in a tuning-cache key). The autotuner searches exactly
 ``space`` filtered by ``constraints``; the runtime uses ``defaults`` when no tuned value is known.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 from .problem import ConvProblem
 
 Params = Mapping[str, int]
+
+
+class CpuRun(Protocol):
+    """A CPU strategy: ``x (N, C, H, W)`` and ``w (K, C/groups, R, S)`` in the compute dtype, any strides, to
+    ``(N, K, P, Q)`` in that dtype without bias (possibly a view); ``params`` are its tunables."""
+
+    def __call__(self, problem: ConvProblem, x: Any, w: Any, **params: int) -> Any: ...
+
+
+class CudaRun(Protocol):
+    """A CUDA strategy: fills the preallocated ``y (N, K, P, Q)`` from C-contiguous ``x``, ``w`` and ``bias`` (or
+    None), launching through the executor ``ex`` (CuPy, or the CPU emulation in the tests)."""
+
+    def __call__(self, ex: Any, problem: ConvProblem, params: Params, x: Any, w: Any, bias: Any, y: Any) -> None: ...
+
+
+RunT = TypeVar("RunT", CpuRun, CudaRun)
 
 
 def _always(problem: ConvProblem) -> bool:
@@ -20,12 +39,12 @@ def _always(problem: ConvProblem) -> bool:
 
 
 @dataclass(frozen=True)
-class Strategy:
+class Strategy(Generic[RunT]):
     """One algorithm on one backend.
 
     Attributes:
         name: the ``strategy=`` name users pass.
-        run: the entry point; its signature is the backend's (see the backend module).
+        run: the entry point, with the backend's signature (:class:`CpuRun` or :class:`CudaRun`).
         supports: whether this strategy can compute a problem at all (a 1x1 fast path cannot do 3x3).
         requires: the condition in words, for the error when a user forces an unsupported strategy.
         space: tunable name -> candidate values (compile-time macros on CUDA); empty when nothing is tunable.
@@ -36,7 +55,7 @@ class Strategy:
     """
 
     name: str
-    run: Callable[..., Any]
+    run: RunT
     supports: Callable[[ConvProblem], bool] = _always
     requires: str = ""
     space: Mapping[str, Sequence[int]] = field(default_factory=dict)

@@ -34,5 +34,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test sees an empty tuning cache of its own unless it sets GPUCONV_CACHE_DIR itself."""
+    from gpuconv import plan
+
     monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
+    plan.forget()  # what this process memoized came from another test's cache

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..problem import ConvProblem
-from ..strategy import Params, Plan, Strategy
+from ..strategy import CpuRun, Params, Plan, Strategy
 from . import _views
 from . import depthwise as _depthwise
 from . import direct as _direct
@@ -40,7 +40,7 @@ def _wide_needs_stride1(params: Params, problem: ConvProblem | None) -> bool:
 
 _WIDE = dict(space={"wide": (0, 1)}, constraints=(_wide_needs_stride1,), defaults={"wide": 0})
 
-STRATEGIES: dict[str, Strategy] = {
+STRATEGIES: dict[str, Strategy[CpuRun]] = {
     s.name: s
     for s in (
         Strategy("im2col", _im2col.im2col, **_WIDE, prepare=_im2col.prepare),

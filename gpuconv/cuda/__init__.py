@@ -14,12 +14,12 @@ from typing import Any, Callable
 import cupy  # noqa: F401  (the backend's dependency: gpuconv.backends turns its absence into an install hint)
 
 from ..problem import ConvProblem
-from ..strategy import Plan, Strategy
+from ..strategy import CudaRun, Plan, Strategy
 from . import direct, im2col, implicit_gemm, pointwise
 from .executor import CupyExecutor, Executor
 from .fingerprint import fingerprint as fingerprint
 
-STRATEGIES: dict[str, Strategy] = {
+STRATEGIES: dict[str, Strategy[CudaRun]] = {
     s.name: s
     for s in (
         im2col.STRATEGY,
