@@ -83,19 +83,26 @@ def _plain(v: object) -> bool:
     return t is int or t is str or (t is tuple and all(type(e) is int for e in v))  # type: ignore[union-attr]
 
 
+#: Array types whose calls are memoized: NumPy's, and CuPy's once a CuPy array has been seen (this module does
+#: not import CuPy). Other DLPack arrays take the full path, which memoizes the problem and the plan.
+_NATIVE: set[type] = {np.ndarray}
+_DEVICE_TYPES: set[type] = set()  # native types with a device (CuPy): the device of every array is in the key
+
+
 def _call_key(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any,
               strategy: Any) -> tuple[Any, ...] | None:
-    """What decides the runner of a NumPy call, or None where the call must take the full path.
-
-    Other libraries' arrays (CuPy, DLPack) always take the full path, which memoizes the problem and the plan.
-    """
-    if type(x) is not np.ndarray or type(w) is not np.ndarray or (bias is not None and type(bias) is not np.ndarray):
+    """What decides the runner of a NumPy or CuPy call, or None where the call must take the full path."""
+    tx = type(x)
+    if tx not in _NATIVE or type(w) is not tx or (bias is not None and type(bias) is not tx):
         return None
     if not (_plain(stride) and _plain(padding) and _plain(dilation) and type(groups) is int
             and type(strategy) is str):
         return None
     b = None if bias is None else (bias.shape, bias.dtype)
-    return (fn, x.shape, x.dtype, w.shape, w.dtype, b, stride, padding, dilation, groups, strategy)
+    key = (fn, tx, x.shape, x.dtype, w.shape, w.dtype, b, stride, padding, dilation, groups, strategy)
+    if tx in _DEVICE_TYPES:
+        key += (x.device.id, w.device.id, None if bias is None else bias.device.id)
+    return key
 
 
 def _conv(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Padding, dilation: IntOrPair,
@@ -121,6 +128,9 @@ def _prepare(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Pad
     backend = get_backend(kind.backend)
     chosen = _plan.choose(fn, problem, kind.backend, backend, strategy, device=kind.device)
     execute = backend.prepare(problem, chosen)
+    if kind.library == "cupy" and type(x) not in _NATIVE:
+        _DEVICE_TYPES.add(type(x))
+        _NATIVE.add(type(x))
     if kind.library in ("numpy", "cupy") and not unbatched:
         return execute
     back = from_backend(kind)

@@ -79,10 +79,11 @@ def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], Any]:
         raise ValueError(f"parameters {dict(plan.params)} are not valid for the CUDA strategy {plan.strategy!r} on "
                          f"this problem (space {dict(strategy.space)})")
     ex = CupyExecutor()
+    params = dict(plan.params)
 
     def run(x: Any, w: Any, bias: Any) -> Any:
         with x.device:
-            return run_plan(ex, problem, plan, x, w, bias)
+            return _launch(ex, problem, strategy, params, x, w, bias)
 
     return run
 
@@ -106,6 +107,11 @@ def run_plan(ex: Executor, problem: ConvProblem, plan: Plan, x: Any, w: Any, bia
     if not strategy.valid(params, problem):
         raise ValueError(f"parameters {params} are not valid for the CUDA strategy {plan.strategy!r} on this problem"
                          f" (space {dict(strategy.space)})")
+    return _launch(ex, problem, strategy, params, x, w, bias)
+
+
+def _launch(ex: Executor, problem: ConvProblem, strategy: Strategy[CudaRun], params: dict[str, int], x: Any, w: Any,
+            bias: Any) -> Any:
     xp = ex.xp
     if problem.n == 0:
         return xp.empty(problem.out_shape, problem.dtype)
