@@ -92,19 +92,20 @@ except ImportError:
 EOF
 } > "$OUT/machine.txt" 2>&1
 
-step tests-gpu python -m pytest -q -ra tests/test_gpu.py --junitxml "$OUT/tests-gpu.xml"
+GPUCONV_REQUIRE_GPU=1 step tests-gpu python -m pytest -q -ra tests/test_gpu.py --junitxml "$OUT/tests-gpu.xml"
 step tests-ptxas python -m pytest -q -rP tests/test_cuda_compile.py -k defaults_do_not_spill
 
 batch_args=()
 if [ -n "$BATCH" ]; then batch_args=(--batch "$BATCH"); fi
 for shapes in $SHAPES; do
     for dtype in $DTYPES; do
-        if python -c "import gpuconv.autotune.__main__" 2>/dev/null; then
+        if python -c "import gpuconv.autotune, optuna" 2>/dev/null; then
             step "autotune-$shapes-$dtype" python -m gpuconv.autotune --shapes "$shapes" --backend cuda \
                 --dtype "$dtype" --trials "$TRIALS" "${batch_args[@]}" --quiet \
                 --report "$OUT/autotune-$shapes-$dtype.md" --json "$OUT/autotune-$shapes-$dtype.json"
         else
-            echo "== gpuconv.autotune is not available: tuning skipped" | tee -a "$status"
+            echo "== FAILED autotune-$shapes-$dtype: gpuconv.autotune or optuna cannot be imported" | tee -a "$status"
+            failed=1
         fi
         if [ -f benchmarks/__main__.py ]; then
             step "bench-$shapes-$dtype" python -m benchmarks --backend cuda --shapes "$shapes" --dtype "$dtype" \

@@ -106,8 +106,10 @@ def gpu_info() -> dict[str, Any] | None:
 
 
 def has_cuda_device() -> bool:
-    """Whether CuPy sees a usable CUDA device."""
-    return gpu_info() is not None
+    """Whether CuPy sees a usable CUDA device (the probe the tuner uses)."""
+    from gpuconv.measure import cuda_available
+
+    return cuda_available()
 
 
 def _cuda_version(v: int) -> str:

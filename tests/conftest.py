@@ -7,24 +7,20 @@ import sys
 
 import pytest
 
+from gpuconv.measure import cuda_available
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-def _has_cuda_device() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, or no device
-        return False
-
-
-HAS_GPU = _has_cuda_device()
+HAS_GPU = cuda_available()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if HAS_GPU:
         return
+    if os.environ.get("GPUCONV_REQUIRE_GPU", "") == "1" and any("gpu" in item.keywords for item in items):
+        # On a GPU machine a broken CuPy or driver must fail the run, not skip every GPU test quietly.
+        raise pytest.UsageError("GPUCONV_REQUIRE_GPU=1, but CuPy sees no usable CUDA device")
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
