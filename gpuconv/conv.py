@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
-
+from . import _calls
 from . import plan as _plan
-from ._arrays import from_backend, to_backend
+from ._calls import DEVICE_TYPES as _DEVICE_TYPES
+from ._calls import NATIVE as _NATIVE
+from ._calls import PREPARED as _PREPARED
+from ._calls import plain as _plain
 from .backends import get_backend
 from .problem import IntOrPair, Padding, problem_from_arrays
 
 Runner = Callable[[Any, Any, Any], Any]
-
-_PREPARED: dict[tuple[Any, ...], tuple[int, Runner]] = {}
-_PREPARED_MAX = 4096
 
 
 def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
@@ -77,18 +76,6 @@ def conv1d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Pad
     return _conv("conv1d", x, w, bias, stride, padding, dilation, groups, strategy)
 
 
-def _plain(v: object) -> bool:
-    # Exact types only: True == 1 and 1.0 == 1 hash alike, and must be refused by validation, never served.
-    t = type(v)
-    return t is int or t is str or (t is tuple and all(type(e) is int for e in v))  # type: ignore[union-attr]
-
-
-#: Array types whose calls are memoized: NumPy's, and CuPy's once a CuPy array has been seen (this module does
-#: not import CuPy). Other DLPack arrays take the full path, which memoizes the problem and the plan.
-_NATIVE: set[type] = {np.ndarray}
-_DEVICE_TYPES: set[type] = set()  # native types with a device (CuPy): the device of every array is in the key
-
-
 def _call_key(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any,
               strategy: Any) -> tuple[Any, ...] | None:
     """What decides the runner of a NumPy or CuPy call, or None where the call must take the full path."""
@@ -113,10 +100,7 @@ def _conv(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Paddin
         if found is not None and found[0] == _plan.generation:
             return found[1](x, w, bias)
     run = _prepare(fn, x, w, bias, stride, padding, dilation, groups, strategy)
-    if key is not None:
-        if len(_PREPARED) >= _PREPARED_MAX:
-            _PREPARED.clear()
-        _PREPARED[key] = (_plan.generation, run)
+    _calls.keep(key, run)
     return run(x, w, bias)
 
 
@@ -128,18 +112,6 @@ def _prepare(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Pad
     backend = get_backend(kind.backend)
     chosen = _plan.choose(fn, problem, kind.backend, backend, strategy, device=kind.device)
     execute = backend.prepare(problem, chosen)
-    if kind.library == "cupy" and type(x) not in _NATIVE:
-        _DEVICE_TYPES.add(type(x))
-        _NATIVE.add(type(x))
-    if kind.library in ("numpy", "cupy") and not unbatched:
-        return execute
-    back = from_backend(kind)
-
-    def run(x: Any, w: Any, bias: Any) -> Any:
-        xs = to_backend(x, kind)
-        if unbatched:
-            xs = xs.reshape(problem.x_shape)
-        y = execute(xs, to_backend(w, kind), None if bias is None else to_backend(bias, kind))
-        return back(y[0] if unbatched else y)
-
-    return run
+    _calls.note_native(kind, x)
+    return _calls.wrap(kind, execute, (problem.x_shape if unbatched else None, None),
+                       problem.out_shape[1:] if unbatched else None)

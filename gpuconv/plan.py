@@ -68,7 +68,7 @@ def choose(fn: str, problem: ConvProblem, backend_name: str, backend: ModuleType
         problem: the validated problem.
         backend_name: ``"cpu"`` or ``"cuda"``.
         backend: the backend module (``STRATEGIES``, ``heuristic``, ``fingerprint``).
-        strategy: ``"auto"`` or a name from ``backend.STRATEGIES``.
+        strategy: ``"auto"`` or a name from ``backend.TABLES[problem.direction]``.
         device: the device the arrays are on (the CUDA device index; 0 on the CPU).
 
     Raises:
@@ -85,7 +85,7 @@ def choose(fn: str, problem: ConvProblem, backend_name: str, backend: ModuleType
 
 def _choose(fn: str, problem: ConvProblem, backend_name: str, backend: ModuleType, strategy: str,
             device: int) -> Plan:
-    table = backend.STRATEGIES
+    table = backend.TABLES[problem.direction]
     if not isinstance(strategy, str):
         raise TypeError(f"{fn}: strategy must be a string, got {type(strategy).__name__}")
     if strategy == "auto":
@@ -96,8 +96,9 @@ def _choose(fn: str, problem: ConvProblem, backend_name: str, backend: ModuleTyp
                 tuned = validate_plan(tuned, problem, table, backend_name)
         return tuned if tuned is not None else backend.heuristic(problem)
     if strategy not in table:
-        raise ValueError(f"{fn}: strategy must be one of {['auto', *sorted(table)]} on the {backend_name} backend, "
-                         f"got {strategy!r}")
+        what = "" if problem.direction == "forward" else f" for the {problem.direction} gradient"
+        raise ValueError(f"{fn}: strategy must be one of {['auto', *sorted(table)]} on the {backend_name} backend"
+                         f"{what}, got {strategy!r}")
     forced = table[strategy]
     if not forced.supports(problem):
         raise ValueError(f"{fn}: strategy {strategy!r} cannot compute this problem: it requires {forced.requires}; "
@@ -171,7 +172,7 @@ def validate_record(record: Any, problem: ConvProblem, backend_name: str, device
     if not isinstance(params, dict):
         raise ValueError(f"params must map names to ints, got {params!r}")
     return validate_plan(Plan(record.get("strategy"), params), problem,  # type: ignore[arg-type]
-                         get_backend(backend_name).STRATEGIES, backend_name)
+                         get_backend(backend_name).TABLES[problem.direction], backend_name)
 
 
 def _current(fp: Mapping[str, str]) -> Callable[[Any], bool]:
@@ -216,7 +217,7 @@ def store_decision(problem: ConvProblem, backend_name: str, plan: Plan, metrics:
         OSError, filelock.Timeout: the directory cannot be written or locked.
     """
     store = store or _cache.default()
-    validate_plan(plan, problem, get_backend(backend_name).STRATEGIES, backend_name)
+    validate_plan(plan, problem, get_backend(backend_name).TABLES[problem.direction], backend_name)
     fp = dict(fingerprint(backend_name, device))
     entry = {"problem": problem.to_dict(), "backend": backend_name, "fingerprint": fp,
              "strategy": plan.strategy, "params": {k: int(v) for k, v in plan.params.items()},

@@ -18,6 +18,10 @@ Padding = Union[int, str, tuple[int, ...]]
 
 DTYPES = ("float16", "float32", "float64")
 
+#: What a problem computes: the convolution itself, or one of its two gradients. A gradient problem keeps the
+#: forward geometry (x, w and the output are the forward's shapes); only its operands and result differ.
+DIRECTIONS = ("forward", "input", "weight")
+
 
 @dataclass(frozen=True)
 class ConvProblem:
@@ -31,7 +35,9 @@ class ConvProblem:
         padding: ``(top, bottom, left, right)``, already resolved from ``'same'``/``'valid'``.
         groups: number of channel groups.
         dtype: one of :data:`DTYPES`; the dtype of x, w, bias and the output.
-        has_bias: whether a bias is added.
+        has_bias: whether a bias is added (forward only).
+        direction: what is computed, one of :data:`DIRECTIONS`: ``"forward"`` (``y`` from ``x`` and ``w``),
+            ``"input"`` (``dx`` from ``dy`` and ``w``) or ``"weight"`` (``dw`` from ``x`` and ``dy``).
     """
 
     ndim: int
@@ -48,6 +54,7 @@ class ConvProblem:
     groups: int = 1
     dtype: str = "float32"
     has_bias: bool = False
+    direction: str = "forward"
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -107,6 +114,30 @@ class ConvProblem:
     def out_shape4(self) -> tuple[int, int, int, int]:
         """Output shape in the internal 4-d layout."""
         return (self.n, self.k, self.p, self.q)
+
+    @property
+    def operand_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The shapes of the two arrays the direction reads: ``(x, w)``, ``(dy, w)`` or ``(x, dy)``."""
+        if self.direction == "input":
+            return self.out_shape, self.w_shape
+        if self.direction == "weight":
+            return self.x_shape, self.out_shape
+        return self.x_shape, self.w_shape
+
+    @property
+    def result_shape(self) -> tuple[int, ...]:
+        """The shape of what the direction computes: ``y``, ``dx`` or ``dw``."""
+        return {"input": self.x_shape, "weight": self.w_shape}.get(self.direction, self.out_shape)
+
+    @property
+    def sum_length(self) -> int:
+        """How many products each element of the result sums: ``C/groups R S`` for the output, ``K/groups R S``
+        for the input gradient (at most), ``N P Q`` for the weight gradient. Tolerances scale with it."""
+        if self.direction == "input":
+            return self.kg * self.r * self.s
+        if self.direction == "weight":
+            return self.n * self.p * self.q
+        return self.reduction
 
     # ---- serialization: the problem part of a cache key ----------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -179,23 +210,26 @@ def _plain(v: object) -> bool:
 
 
 def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: str, has_bias: bool, *,
-                 stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1) -> ConvProblem:
+                 stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1,
+                 direction: str = "forward") -> ConvProblem:
     """Validate shapes and options and build the problem. Raises ``ValueError``/``TypeError`` naming ``fn``.
 
     Args:
-        fn: ``"conv1d"`` or ``"conv2d"``: the public function, named in every message.
-        x_shape, w_shape: shapes of the input ``(N, C, *spatial)`` and weight ``(K, C/groups, *kernel)``.
-        dtype: the common dtype name of x, w (and bias); must be in :data:`DTYPES`.
+        fn: the public function, named in every message; a name with ``1d`` in it is one-dimensional.
+        x_shape, w_shape: shapes of the (forward) input ``(N, C, *spatial)`` and weight ``(K, C/groups, *kernel)``.
+        dtype: the common dtype name of the arrays; must be in :data:`DTYPES`.
         has_bias: whether a bias of shape ``(K,)`` is given (its shape is checked by the caller).
+        direction: one of :data:`DIRECTIONS`.
     """
     key = None
     if _plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups) and _plain(dtype):
-        key = (fn, tuple(x_shape), tuple(w_shape), dtype, bool(has_bias), stride, padding, dilation, groups)
+        key = (fn, tuple(x_shape), tuple(w_shape), dtype, bool(has_bias), stride, padding, dilation, groups,
+               direction)
         found = _MEMO.get(key)
         if found is not None:
             return found
     problem = _make_problem(fn, x_shape, w_shape, dtype, has_bias, stride=stride, padding=padding,
-                            dilation=dilation, groups=groups)
+                            dilation=dilation, groups=groups, direction=direction)
     if key is not None:
         if len(_MEMO) >= _MEMO_MAX:
             _MEMO.clear()
@@ -203,17 +237,29 @@ def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dt
     return problem
 
 
+#: How each direction names its two shapes in messages (the forward's are attributes, hence ``x.shape``).
+_OPERANDS = {"forward": ("x", "x.shape", "w", "w.shape"),
+             "input": ("input_size", "input_size", "weight", "weight.shape"),
+             "weight": ("input", "input.shape", "weight_size", "weight_size")}
+
+
 def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: str, has_bias: bool, *,
-                  stride: IntOrPair, padding: Padding, dilation: IntOrPair, groups: int) -> ConvProblem:
-    ndim = 1 if fn.endswith("1d") else 2
+                  stride: IntOrPair, padding: Padding, dilation: IntOrPair, groups: int,
+                  direction: str = "forward") -> ConvProblem:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"{fn}: direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if direction != "forward" and has_bias:
+        raise ValueError(f"{fn}: a gradient problem has no bias")
+    xn, xs, wn, ws = _OPERANDS[direction]
+    ndim = 1 if "1d" in fn else 2
     x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
     layout = "(N, C, L)" if ndim == 1 else "(N, C, H, W)"
     wlayout = "(K, C/groups, R)" if ndim == 1 else "(K, C/groups, R, S)"
     if len(x_shape) != ndim + 2:
         unbatched = "(C, L)" if ndim == 1 else "(C, H, W)"
-        raise ValueError(f"{fn}: x must be {ndim + 2}-d {layout} or {ndim + 1}-d {unbatched}, got shape {x_shape}")
+        raise ValueError(f"{fn}: {xn} must be {ndim + 2}-d {layout} or {ndim + 1}-d {unbatched}, got shape {x_shape}")
     if len(w_shape) != ndim + 2:
-        raise ValueError(f"{fn}: w must be {ndim + 2}-d {wlayout}, got shape {w_shape}")
+        raise ValueError(f"{fn}: {wn} must be {ndim + 2}-d {wlayout}, got shape {w_shape}")
     if dtype not in DTYPES:
         raise TypeError(f"{fn}: dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
     if not _is_int(groups):
@@ -224,17 +270,18 @@ def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], d
     n, c, *spatial = x_shape
     k, cg, *kernel = w_shape
     if c < 1 or any(v < 1 for v in spatial):
-        raise ValueError(f"{fn}: x must have at least one channel and a non-empty spatial extent, got shape {x_shape}")
+        raise ValueError(f"{fn}: {xn} must have at least one channel and a non-empty spatial extent, "
+                         f"got shape {x_shape}")
     if k < 1 or cg < 1 or any(v < 1 for v in kernel):
-        raise ValueError(f"{fn}: w must have non-zero sizes, got shape {w_shape}")
+        raise ValueError(f"{fn}: {wn} must have non-zero sizes, got shape {w_shape}")
     if c % groups:
-        raise ValueError(f"{fn}: x has {c} channels, which is not divisible by groups={groups}; x.shape={x_shape}")
+        raise ValueError(f"{fn}: {xn} has {c} channels, which is not divisible by groups={groups}; {xs}={x_shape}")
     if k % groups:
-        raise ValueError(f"{fn}: w has {k} output channels (w.shape[0]), which is not divisible by groups={groups}; "
-                         f"w.shape={w_shape}")
+        raise ValueError(f"{fn}: {wn} has {k} output channels ({ws}[0]), which is not divisible by "
+                         f"groups={groups}; {ws}={w_shape}")
     if c != cg * groups:
-        raise ValueError(f"{fn}: x has {c} channels but w expects {cg * groups} "
-                         f"(w.shape[1]={cg} x groups={groups}); x.shape={x_shape}, w.shape={w_shape}")
+        raise ValueError(f"{fn}: {xn} has {c} channels but {wn} expects {cg * groups} "
+                         f"({ws}[1]={cg} x groups={groups}); {xs}={x_shape}, {ws}={w_shape}")
     stride_t = _int_tuple(fn, "stride", stride, ndim, minimum=1)
     dilation_t = _int_tuple(fn, "dilation", dilation, ndim, minimum=1)
     pads = _resolve_padding(fn, padding, ndim, stride_t, dilation_t, tuple(kernel))
@@ -247,12 +294,12 @@ def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], d
             raise ValueError(
                 f"{fn}: the kernel {name} {eff} ({ksym}={kernel[i]}, dilation={dilation_t[i]}) is larger than the "
                 f"padded input {name} {avail} ({spatial[i]} + padding {pads[2 * i]}+{pads[2 * i + 1]}); "
-                f"x.shape={x_shape}, w.shape={w_shape}")
+                f"{xs}={x_shape}, {ws}={w_shape}")
     if ndim == 1:
         return ConvProblem(1, n, c, 1, spatial[0], k, 1, kernel[0], (1, stride_t[0]), (0, 0, pads[0], pads[1]),
-                           (1, dilation_t[0]), groups, dtype, bool(has_bias))
+                           (1, dilation_t[0]), groups, dtype, bool(has_bias), direction)
     return ConvProblem(2, n, c, spatial[0], spatial[1], k, kernel[0], kernel[1], stride_t, tuple(pads),  # type: ignore[arg-type]
-                       dilation_t, groups, dtype, bool(has_bias))
+                       dilation_t, groups, dtype, bool(has_bias), direction)
 
 
 # ---- from arrays: what every array-taking entry point calls --------------------------------
@@ -265,15 +312,15 @@ def _check_same_place(fn: str, kinds: dict[str, ArrayKind]) -> None:
                             f"got {first_name}: {first.describe()} and {name}: {kind.describe()}")
 
 
-def _check_dtypes(fn: str, arrays: dict[str, Any]) -> str:
+def _check_dtypes(fn: str, arrays: dict[str, Any], together: str = "x, w and bias") -> str:
     names = {name: dtype_name(fn, name, a) for name, a in arrays.items()}
     for name, dt in names.items():
         if dt not in DTYPES:
             raise TypeError(f"{fn}: {name} has dtype {dt}; supported dtypes are {', '.join(DTYPES)}")
     if len(set(names.values())) > 1:
         listing = ", ".join(f"{n}: {d}" for n, d in names.items())
-        raise TypeError(f"{fn}: x, w and bias must share one dtype (no silent casts), got {listing}")
-    return names["x"]
+        raise TypeError(f"{fn}: {together} must share one dtype (no silent casts), got {listing}")
+    return next(iter(names.values()))
 
 
 def problem_from_arrays(fn: str, x: Any, w: Any, bias: Any, *, stride: IntOrPair = 1, padding: Padding = 0,
@@ -307,3 +354,63 @@ def problem_from_arrays(fn: str, x: Any, w: Any, bias: Any, *, stride: IntOrPair
     if bias is not None and tuple(bias.shape) != (problem.k,):
         raise ValueError(f"{fn}: bias must have shape ({problem.k},) to match w.shape[0], got {tuple(bias.shape)}")
     return problem, kinds["x"], unbatched
+
+
+def _size(fn: str, name: str, size: Any) -> tuple[int, ...]:
+    """``input_size``/``weight_size``: a sequence of non-negative ints (a tuple, a list, a ``torch.Size``)."""
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__"):
+        raise TypeError(f"{fn}: {name} must be a sequence of ints, got {type(size).__name__}")
+    values = tuple(size)
+    if not all(_is_int(v) for v in values):
+        raise TypeError(f"{fn}: {name} must contain ints, got {_fmt(values)}")
+    return tuple(int(v) for v in values)
+
+
+def gradient_problem(fn: str, direction: str, size: Any, a: Any, grad_output: Any, *, stride: IntOrPair = 1,
+                     padding: Padding = 0, dilation: IntOrPair = 1,
+                     groups: int = 1) -> tuple[ConvProblem, ArrayKind, bool]:
+    """Validate the arguments of a gradient and build its problem, the forward geometry with ``direction`` set.
+
+    Args:
+        fn: the public function (``"conv2d_input"``, ``"conv1d_weight"``, ...), named in every message.
+        direction: ``"input"`` (``size`` is ``input_size``, ``a`` the weight) or ``"weight"`` (``size`` is
+            ``weight_size``, ``a`` the forward input).
+        grad_output: the gradient of the forward output; its shape must be the forward output's. An unbatched
+            ``grad_output`` (no N axis) goes with an unbatched ``input_size`` or ``input``.
+
+    Returns:
+        ``(problem, kind, unbatched)`` as :func:`problem_from_arrays`.
+    """
+    ndim = 1 if "1d" in fn else 2
+    if direction == "input":
+        names = {"weight": a, "grad_output": grad_output}
+        size_name, together = "input_size", "weight and grad_output"
+    else:
+        names = {"input": a, "grad_output": grad_output}
+        size_name, together = "weight_size", "input and grad_output"
+    kinds = {name: kind_of(fn, name, v) for name, v in names.items()}
+    _check_same_place(fn, kinds)
+    dtype = _check_dtypes(fn, names, together)
+    size_t = _size(fn, size_name, size)
+    dy_shape = tuple(grad_output.shape)
+    unbatched = len(dy_shape) == ndim + 1
+    if direction == "input":
+        x_shape, w_shape = size_t, tuple(a.shape)
+        if unbatched and len(x_shape) == ndim + 1:
+            x_shape = (1, *x_shape)
+    else:
+        x_shape, w_shape = tuple(a.shape), size_t
+        if unbatched and len(x_shape) == ndim + 1:
+            x_shape = (1, *x_shape)
+    if unbatched:
+        dy_shape = (1, *dy_shape)
+    problem = make_problem(fn, x_shape, w_shape, dtype, False, stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, direction=direction)
+    if dy_shape != problem.out_shape:
+        given = tuple(grad_output.shape)
+        expected = problem.out_shape[1:] if unbatched else problem.out_shape
+        raise ValueError(f"{fn}: grad_output has shape {given}, but the convolution of x {problem.x_shape} with w "
+                         f"{problem.w_shape} (stride={problem.stride[2 - ndim:]}, padding={padding!r}, "
+                         f"dilation={problem.dilation[2 - ndim:]}, groups={problem.groups}) has output shape "
+                         f"{expected}")
+    return problem, kinds["grad_output"], unbatched

@@ -15,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gpuconv"
 #: Layer of each module, lowest first; a module may import its own layer or lower ones, never a higher one.
 LAYERS: list[tuple[str, ...]] = [
     ("gpuconv._data", "gpuconv._arrays"),
-    ("gpuconv.problem", "gpuconv.strategy"),
+    ("gpuconv.problem", "gpuconv.strategy", "gpuconv.adjoint"),
     ("gpuconv.cpu", "gpuconv.cuda", "gpuconv.backends"),
     ("gpuconv.cache",),
     ("gpuconv.plan",),
-    ("gpuconv.conv",),
-    ("gpuconv.measure", "gpuconv.reference", "gpuconv.shapes"),
+    ("gpuconv._calls",),
+    ("gpuconv.conv", "gpuconv.grad", "gpuconv.transpose"),
+    ("gpuconv.measure", "gpuconv.reference", "gpuconv.shapes", "gpuconv.torch", "gpuconv.jax"),
     ("gpuconv.autotune",),
     ("gpuconv.demo", "gpuconv"),
 ]

@@ -15,7 +15,7 @@ import cupy  # noqa: F401  (the backend's dependency: gpuconv.backends turns its
 
 from ..problem import ConvProblem
 from ..strategy import CudaRun, Plan, Strategy
-from . import direct, im2col, implicit_gemm, pointwise
+from . import direct, im2col, implicit_gemm, pointwise, rewrite
 from .executor import CupyExecutor, Executor
 from .fingerprint import fingerprint as fingerprint
 
@@ -56,16 +56,40 @@ def heuristic(problem: ConvProblem) -> Plan:
     Raises:
         ValueError: no strategy can compute the problem (sizes beyond every kernel's index range).
     """
-    for name, applies in _RULES:
-        strategy = STRATEGIES.get(name)
+    table = TABLES[problem.direction]
+    for name, applies in _DIRECTION_RULES[problem.direction]:
+        strategy = table.get(name)
         if strategy is not None and applies(problem) and strategy.supports(problem):
             pick = _HEURISTIC_PARAMS.get(name)
             params = pick(problem) if pick is not None else dict(strategy.defaults)
             if not strategy.valid(params, problem):
                 params = dict(strategy.defaults)
             return Plan(name, params, "heuristic")
-    raise ValueError(f"no CUDA strategy can compute x.shape={problem.x_shape}, w.shape={problem.w_shape}: "
-                     + "; ".join(f"{s.name} requires {s.requires}" for s in STRATEGIES.values()))
+    what = "" if problem.direction == "forward" else f" the {problem.direction} gradient of"
+    raise ValueError(f"no CUDA strategy can compute{what} x.shape={problem.x_shape}, w.shape={problem.w_shape}: "
+                     + "; ".join(f"{s.name} requires {s.requires}" for s in table.values()))
+
+
+def _run_forward(ex: Executor, problem: ConvProblem, plan: Plan, x: Any, w: Any) -> Any:
+    return _launch(ex, problem, STRATEGIES[plan.strategy], dict(plan.params), x, w, None)
+
+
+_INPUT_REWRITE, _WEIGHT_REWRITE = rewrite.make_strategies(_run_forward, heuristic)
+
+#: The gradients' strategies, ``run(ex, problem, params, a, b, None, out)`` with ``(a, b, out)`` being
+#: ``(dy, w, dx)`` or ``(x, dy, dw)``.
+INPUT_STRATEGIES: dict[str, Strategy[CudaRun]] = {s.name: s for s in (_INPUT_REWRITE,)}
+WEIGHT_STRATEGIES: dict[str, Strategy[CudaRun]] = {s.name: s for s in (_WEIGHT_REWRITE,)}
+
+#: Every direction's strategies.
+TABLES: dict[str, dict[str, Strategy[CudaRun]]] = {"forward": STRATEGIES, "input": INPUT_STRATEGIES,
+                                                   "weight": WEIGHT_STRATEGIES}
+
+_DIRECTION_RULES: dict[str, list[tuple[str, Callable[[ConvProblem], bool]]]] = {
+    "forward": _RULES,
+    "input": [("rewrite", lambda p: True)],
+    "weight": [("rewrite", lambda p: True)],
+}
 
 
 def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], Any]:
@@ -74,7 +98,7 @@ def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], Any]:
     Raises:
         ValueError: ``plan.params`` is not a valid point of the strategy's space for this problem.
     """
-    strategy = STRATEGIES[plan.strategy]
+    strategy = TABLES[problem.direction][plan.strategy]
     if not strategy.valid(dict(plan.params), problem):
         raise ValueError(f"parameters {dict(plan.params)} are not valid for the CUDA strategy {plan.strategy!r} on "
                          f"this problem (space {dict(strategy.space)})")
@@ -102,7 +126,7 @@ def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> Any:
 def run_plan(ex: Executor, problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> Any:
     """:func:`execute` on any executor (the tests pass the CPU emulation): contiguous 4-d inputs, output
     allocated by ``ex``, reshaped to ``problem.out_shape``; an empty batch launches nothing."""
-    strategy = STRATEGIES[plan.strategy]
+    strategy = TABLES[problem.direction][plan.strategy]
     params = dict(plan.params)
     if not strategy.valid(params, problem):
         raise ValueError(f"parameters {params} are not valid for the CUDA strategy {plan.strategy!r} on this problem"
@@ -113,11 +137,18 @@ def run_plan(ex: Executor, problem: ConvProblem, plan: Plan, x: Any, w: Any, bia
 def _launch(ex: Executor, problem: ConvProblem, strategy: Strategy[CudaRun], params: dict[str, int], x: Any, w: Any,
             bias: Any) -> Any:
     xp = ex.xp
-    if problem.n == 0:
-        return xp.empty(problem.out_shape, problem.dtype)
-    x4 = xp.ascontiguousarray(x.reshape(problem.n, problem.c, problem.h, problem.w))
-    w4 = xp.ascontiguousarray(w.reshape(problem.k, problem.cg, problem.r, problem.s))
+    if problem.n == 0:  # no image: the output and dx are empty, dw is zero
+        return xp.zeros(problem.result_shape, problem.dtype)
+    shapes = {"x": (problem.n, problem.c, problem.h, problem.w), "w": (problem.k, problem.cg, problem.r, problem.s),
+              "y": problem.out_shape4}
+    a_name, b_name, r_name = _OPERANDS[problem.direction]
+    a4 = xp.ascontiguousarray(x.reshape(shapes[a_name]))
+    b4 = xp.ascontiguousarray(w.reshape(shapes[b_name]))
     b = None if bias is None else xp.ascontiguousarray(bias)
-    y = ex.empty(problem.out_shape4, problem.dtype)
-    strategy.run(ex, problem, params, x4, w4, b, y)
-    return y.reshape(problem.out_shape)
+    out = ex.empty(shapes[r_name], problem.dtype)
+    strategy.run(ex, problem, params, a4, b4, b, out)
+    return out.reshape(problem.result_shape)
+
+
+#: What each direction reads and writes: ``(a, b, result)`` by the names of ``_launch``'s shapes.
+_OPERANDS = {"forward": ("x", "w", "y"), "input": ("y", "w", "x"), "weight": ("x", "y", "w")}

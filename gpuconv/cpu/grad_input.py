@@ -1,0 +1,68 @@
+"""The input gradient ``dx`` from ``dy (N, K, P, Q)`` and ``w (K, C/G, R, S)``, two ways.
+
+col2im: per image and group one GEMM ``W^T (C/G*R*S x K/G) @ dY (K/G x P*Q)`` gives every tap's contribution
+    (the column matrix of the forward, in reverse); one strided add per kernel tap scatters it onto the padded
+    input grid, any stride and dilation. Images are processed in chunks that bound the column matrix.
+direct: stride 1 only: the forward convolution of ``dy`` with the flipped, transposed weight
+    (:func:`gpuconv.adjoint.input_gradient`), run by the forward strategy the CPU heuristic picks for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import adjoint
+from ..problem import ConvProblem
+from . import _views
+
+#: Bound on the column matrix of one chunk of images (bytes).
+COLS_BUDGET_BYTES = 256 * 2**20
+
+
+def col2im(problem: ConvProblem, dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``dx (N, C, H, W)`` by a GEMM per image and group and a strided scatter-add per tap."""
+    n, g, kg = problem.n, problem.groups, problem.kg
+    r, s, p, q = problem.r, problem.s, problem.p, problem.q
+    (sh, sw), (dh, dw) = problem.stride, problem.dilation
+    t, _, l, _ = problem.padding
+    hp, wp = _views.padded_size(problem)
+    wt = w.reshape(g, kg, problem.reduction).transpose(0, 2, 1)         # G, C/G*R*S, K/G
+    dxp = np.zeros((n, problem.c, hp, wp), dy.dtype)
+    per_image = problem.c * r * s * p * q * dy.itemsize
+    chunk = max(1, min(n, COLS_BUDGET_BYTES // max(per_image, 1)))
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        cols = np.matmul(wt, dy[i:i + m].reshape(m, g, kg, p * q))     # m, G, C/G*R*S, P*Q
+        cols = cols.reshape(m, problem.c, r, s, p, q)
+        for a in range(r):
+            rows = slice(a * dh, a * dh + sh * (p - 1) + 1, sh)
+            for b in range(s):
+                dxp[i:i + m, :, rows, b * dw:b * dw + sw * (q - 1) + 1:sw] += cols[:, :, a, b]
+    return dxp[:, :, t:t + problem.h, l:l + problem.w]
+
+
+def supports_direct(problem: ConvProblem) -> bool:
+    return problem.stride == (1, 1)
+
+
+def direct(problem: ConvProblem, dy: np.ndarray, w: np.ndarray, *,
+           forward: Callable[[ConvProblem], Callable[[Any, Any], Any]]) -> np.ndarray:
+    """``dx`` as a forward convolution of ``dy`` with the flipped, transposed weight (see the module docstring)."""
+    return prepare_direct(problem, forward=forward)(dy, w)
+
+
+def prepare_direct(problem: ConvProblem, *,
+                   forward: Callable[[ConvProblem], Callable[[Any, Any], Any]]) -> Callable[[Any, Any], Any]:
+    """:func:`direct` with the rewrite and the forward runner (``forward(problem) -> run(x, w)``) built once."""
+    rewrite = adjoint.input_gradient(problem)
+    if rewrite is None:  # every tap reads padding only: nothing flows back
+        return lambda dy, w: np.zeros((problem.n, problem.c, problem.h, problem.w), dy.dtype)
+    inner = forward(rewrite.forward)
+
+    def run(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+        x, wt = rewrite.operands(np, dy, w)
+        return rewrite.result(np, inner(x, wt))
+
+    return run

@@ -1,0 +1,59 @@
+"""The weight gradient ``dw (K, C/G, R, S)`` from ``x (N, C, H, W)`` and ``dy (N, K, P, Q)``: GEMMs over the
+``N*P*Q`` reduction.
+
+im2col: ``dY (K/G x N*P*Q) @ cols^T (N*P*Q x C/G*R*S)`` per group, the column matrix copied for a chunk of
+    images at a time (bounded memory), the chunks' products accumulated.
+direct: one GEMM per kernel tap, ``dY (K/G x N*P*Q) @ x_tap^T (N*P*Q x C/G)``, on the tap's shifted view of the
+    padded input: no column matrix, one tap's copy at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..problem import ConvProblem
+from . import _views
+
+#: Bound on the column matrix of one chunk of images (bytes).
+COLS_BUDGET_BYTES = 256 * 2**20
+
+
+def _dy_by_group(problem: ConvProblem, dy: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Images ``start:stop`` of ``dy`` as ``(G, K/G, m*P*Q)`` (one copy)."""
+    m, pq = stop - start, problem.p * problem.q
+    d = dy[start:stop].reshape(m, problem.groups, problem.kg, pq).transpose(1, 2, 0, 3)
+    return np.ascontiguousarray(d).reshape(problem.groups, problem.kg, m * pq)
+
+
+def im2col(problem: ConvProblem, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dw`` by a GEMM of ``dy`` with the column matrix of ``x``, chunked over the batch."""
+    n, g, cg, kg = problem.n, problem.groups, problem.cg, problem.kg
+    r, s, p, q = problem.r, problem.s, problem.p, problem.q
+    taps = _views.compact_taps(problem, _views.padded(problem, x))      # N, C, R, S, P, Q
+    per_image = problem.c * r * s * p * q * x.itemsize
+    chunk = max(1, min(n, COLS_BUDGET_BYTES // max(per_image, 1)))
+    dw = np.zeros((g, kg, problem.reduction), x.dtype)
+    cols = np.empty((g, cg, r, s, chunk, p, q), x.dtype)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        view = cols[:, :, :, :, :m]
+        np.copyto(view, taps[i:i + m].reshape(m, g, cg, r, s, p, q).transpose(1, 2, 3, 4, 0, 5, 6))
+        cm = view.reshape(g, problem.reduction, m * p * q) if m == chunk else \
+            np.ascontiguousarray(view).reshape(g, problem.reduction, m * p * q)
+        dw += np.matmul(_dy_by_group(problem, dy, i, i + m), cm.transpose(0, 2, 1))
+    return dw.reshape(problem.k, cg, r, s)
+
+
+def direct(problem: ConvProblem, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dw`` by one GEMM per kernel tap over the whole batch."""
+    n, g, cg, kg = problem.n, problem.groups, problem.cg, problem.kg
+    r, s, p, q = problem.r, problem.s, problem.p, problem.q
+    taps = _views.compact_taps(problem, _views.padded(problem, x))      # N, C, R, S, P, Q
+    d = _dy_by_group(problem, dy, 0, n)                                   # G, K/G, N*P*Q
+    dw = np.empty((g, kg, cg, r, s), x.dtype)
+    tap = np.empty((g, cg, n, p, q), x.dtype)
+    for a in range(r):
+        for b in range(s):
+            np.copyto(tap, taps[:, :, a, b].reshape(n, g, cg, p, q).transpose(1, 2, 0, 3, 4))
+            dw[:, :, :, a, b] = np.matmul(d, tap.reshape(g, cg, n * p * q).transpose(0, 2, 1))
+    return dw.reshape(problem.k, cg, r, s)
