@@ -13,11 +13,16 @@ Strategies:
     depthwise: ``groups == C``: broadcasted multiply-adds per tap.
     pointwise: 1x1 unpadded kernels: one GEMM per image, no copies.
     winograd: 3x3 stride-1 kernels: Winograd F(2x2, 3x3), 16 batched GEMMs with 2.25x fewer multiplies.
+
+The gradients have tables of their own (:data:`TABLES`), with the same ``run(problem, a, b, **params)``: the
+input gradient reads ``dy (N, K, P, Q)`` and ``w`` and returns ``dx (N, C, H, W)`` (``col2im``, ``direct``); the
+weight gradient reads ``x`` and ``dy`` and returns ``dw (K, C/groups, R, S)`` (``im2col``, ``direct``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -28,6 +33,8 @@ from . import _views
 from . import depthwise as _depthwise
 from . import direct as _direct
 from . import fft as _fft
+from . import grad_input as _grad_input
+from . import grad_weight as _grad_weight
 from . import im2col as _im2col
 from . import pointwise as _pointwise
 from . import winograd as _winograd
@@ -53,6 +60,36 @@ STRATEGIES: dict[str, Strategy[CpuRun]] = {
                  "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group"),
     )
 }
+
+
+
+def _forward_compute(problem: ConvProblem) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The heuristic's forward runner for ``problem`` on arrays in the compute dtype, without bias (what a
+    gradient rewritten as a forward convolution runs)."""
+    return _compute(problem, heuristic(problem))
+
+
+INPUT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
+    s.name: s
+    for s in (
+        Strategy("col2im", _grad_input.col2im),
+        Strategy("direct", functools.partial(_grad_input.direct, forward=_forward_compute),
+                 _grad_input.supports_direct, "stride 1",
+                 prepare=functools.partial(_grad_input.prepare_direct, forward=_forward_compute)),
+    )
+}
+
+WEIGHT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
+    s.name: s
+    for s in (
+        Strategy("im2col", _grad_weight.im2col),
+        Strategy("direct", _grad_weight.direct),
+    )
+}
+
+#: Every direction's strategies: what ``strategy=`` names and what the tuner searches, per direction.
+TABLES: dict[str, dict[str, Strategy[CpuRun]]] = {"forward": STRATEGIES, "input": INPUT_STRATEGIES,
+                                                  "weight": WEIGHT_STRATEGIES}
 
 # im2col bounds its column matrix by processing images in chunks, but one image is the smallest chunk;
 # above this many bytes per image the heuristic takes ``direct``, which never holds more than one tap.
@@ -92,6 +129,21 @@ _RULES: list[tuple[str, Callable[[ConvProblem], bool], Callable[[ConvProblem], d
 ]
 
 
+def _weight_cols_too_large(problem: ConvProblem) -> bool:
+    return problem.c * problem.r * problem.s * problem.p * problem.q * np.dtype(problem.dtype).itemsize > \
+        _grad_weight.COLS_BUDGET_BYTES
+
+
+#: The gradients' rules. The input gradient at stride 1 is a forward convolution (and gets the forward's
+#: strategies, Winograd included); at larger strides the GEMM + scatter-add. The weight gradient copies the
+#: column matrix where it fits one chunk of images; beyond, one tap at a time.
+_DIRECTION_RULES = {
+    "forward": _RULES,
+    "input": [("direct", lambda p: True, _no_params), ("col2im", lambda p: True, _no_params)],
+    "weight": [("direct", _weight_cols_too_large, _no_params), ("im2col", lambda p: True, _no_params)],
+}
+
+
 def heuristic(problem: ConvProblem) -> Plan:
     """The strategy used when nothing is tuned for this problem, from its shape alone (the first rule of
     :data:`_RULES` that applies).
@@ -104,8 +156,9 @@ def heuristic(problem: ConvProblem) -> Plan:
     """
     if problem.n == 0:
         problem = dataclasses.replace(problem, n=1)
-    for name, applies, params in _RULES:
-        if STRATEGIES[name].supports(problem) and applies(problem):
+    rules, table = _DIRECTION_RULES[problem.direction], TABLES[problem.direction]
+    for name, applies, params in rules:
+        if table[name].supports(problem) and applies(problem):
             return Plan(name, params(problem), "heuristic")
     raise AssertionError("the im2col rule applies to every problem")  # pragma: no cover
 
@@ -152,6 +205,8 @@ def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], np.nd
     Everything that depends only on the problem is worked out here, once; the runner returns a C-contiguous
     output in the caller's dtype and shape.
     """
+    if problem.direction != "forward":
+        return _prepare_gradient(problem, plan)
     dtype = np.dtype(problem.dtype)
     out_shape = problem.out_shape
     if problem.n == 0:
@@ -159,13 +214,7 @@ def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], np.nd
     compute = np.dtype(np.float32) if dtype == np.float16 else dtype
     x4_shape = (problem.n, problem.c, problem.h, problem.w)
     w4_shape = (problem.k, problem.cg, problem.r, problem.s)
-    strategy = STRATEGIES[plan.strategy]
-    params = dict(plan.params)
-    if strategy.prepare is not None:
-        compute_y = strategy.prepare(problem, **params)
-    else:
-        def compute_y(x4: np.ndarray, w4: np.ndarray) -> np.ndarray:
-            return strategy.run(problem, x4, w4, **params)
+    compute_y = _compute(problem, plan)
     # Copies and GEMMs raise no floating-point warnings; elementwise arithmetic (bias, float16 rounding, the
     # transforms of other strategies) may, and NaN and Inf propagate silently, as in PyTorch.
     quiet = plan.strategy in ("im2col", "pointwise") and dtype != np.float16
@@ -187,6 +236,46 @@ def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], np.nd
                 b = bias.astype(compute, copy=False)[None, :, None, None]
                 y = np.add(y, b, out=y) if y.flags.c_contiguous and y.flags.writeable else np.add(y, b)
             return np.ascontiguousarray(y.astype(dtype, copy=False)).reshape(out_shape)
+
+    return run
+
+
+def _compute(problem: ConvProblem, plan: Plan) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The strategy's own runner ``(a, b) -> result`` on 4-d arrays in the compute dtype."""
+    strategy = TABLES[problem.direction][plan.strategy]
+    params = dict(plan.params)
+    if strategy.prepare is not None:
+        return strategy.prepare(problem, **params)
+    return lambda a, b: strategy.run(problem, a, b, **params)
+
+
+def _shapes4(problem: ConvProblem) -> dict[str, tuple[int, int, int, int]]:
+    return {"x": (problem.n, problem.c, problem.h, problem.w), "w": (problem.k, problem.cg, problem.r, problem.s),
+            "y": (problem.n, problem.k, problem.p, problem.q)}
+
+
+#: What each gradient reads and returns, by the names of :func:`_shapes4`.
+_GRADIENT_OPERANDS = {"input": ("y", "w", "x"), "weight": ("x", "y", "w")}
+
+
+def _prepare_gradient(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], np.ndarray]:
+    """A runner ``run(a, b, None) -> result`` of a gradient: ``(dy, w) -> dx`` or ``(x, dy) -> dw``."""
+    dtype = np.dtype(problem.dtype)
+    result_shape = problem.result_shape
+    if problem.n == 0:  # no image: dx is empty and dw is zero
+        return lambda a, b, bias: np.zeros(result_shape, dtype)
+    compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+    shapes = _shapes4(problem)
+    a_name, b_name, _ = _GRADIENT_OPERANDS[problem.direction]
+    a4_shape, b4_shape = shapes[a_name], shapes[b_name]
+    compute_r = _compute(problem, plan)
+
+    def run(a: Any, b: Any, bias: Any = None) -> np.ndarray:
+        a4 = a.reshape(a4_shape).astype(compute, copy=False)
+        b4 = b.reshape(b4_shape).astype(compute, copy=False)
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = compute_r(a4, b4)
+            return np.ascontiguousarray(r.astype(dtype, copy=False)).reshape(result_shape)
 
     return run
 
