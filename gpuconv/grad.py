@@ -94,7 +94,7 @@ def _gradient(fn: str, direction: str, size: Any, a: Any, dy: Any, stride: Any, 
     if run is None:
         run = prepare_gradient(fn, direction, size, a, dy, stride, padding, dilation, groups, strategy)
         _calls.keep(key, run)
-    return run(dy, a) if direction == "input" else run(a, dy)
+    return run(dy, a, None) if direction == "input" else run(a, dy, None)
 
 
 def prepare_gradient(fn: str, direction: str, size: Any, a: Any, dy: Any, stride: Any, padding: Any,

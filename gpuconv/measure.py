@@ -24,14 +24,16 @@ from .strategy import Plan
 # ---- inputs -------------------------------------------------------------------------------------
 
 def random_inputs(problem: ConvProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """x, w (and bias if the problem has one) uniform in [-1, 1), in the problem's dtype, on the host."""
+    """The direction's two operands (``x, w``; ``dy, w``; ``x, dy``) and the bias if the problem has one, uniform
+    in [-1, 1), in the problem's dtype, on the host."""
     draw = lambda shape: rng.uniform(-1, 1, shape).astype(problem.dtype)  # noqa: E731
-    return draw(problem.x_shape), draw(problem.w_shape), (draw((problem.k,)) if problem.has_bias else None)
+    a, b = problem.operand_shapes
+    return draw(a), draw(b), (draw((problem.k,)) if problem.has_bias else None)
 
 
 def copies_for(problem: ConvProblem, wanted: int) -> int:
     """How many input copies to rotate: ``wanted``, fewer when one copy is already large."""
-    size = np.dtype(problem.dtype).itemsize * (math.prod(problem.x_shape) + math.prod(problem.w_shape))
+    size = np.dtype(problem.dtype).itemsize * sum(math.prod(s) for s in problem.operand_shapes)
     return max(1, min(wanted, (1 << 30) // max(size, 1)))
 
 
@@ -54,7 +56,8 @@ def conv_kwargs(problem: ConvProblem) -> dict[str, Any]:
         kw["padding"] = (t, l) if (t, l) == (b, r) else "same"
     fn = "conv1d" if problem.ndim == 1 else "conv2d"
     try:
-        rebuilt = make_problem(fn, problem.x_shape, problem.w_shape, problem.dtype, problem.has_bias, **kw)
+        rebuilt = make_problem(fn, problem.x_shape, problem.w_shape, problem.dtype, problem.has_bias, **kw,
+                               direction=problem.direction)
     except ValueError:
         rebuilt = None
     if rebuilt != problem:
@@ -68,9 +71,10 @@ def conv_kwargs(problem: ConvProblem) -> dict[str, Any]:
 def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
     """``(rtol, atol)`` for ``problem``'s output when every input term has magnitude at most ``scale``.
 
-    Each output is a dot product of ``problem.reduction`` terms; the rounding error of a length-n sum grows
-    at most like ``n * eps * max|term|``. float16 inputs are accumulated in float32 and rounded once to
-    float16, so they get one float16 ulp relative on top of the float32 sum.
+    Each result element is a sum of ``problem.sum_length`` products (the forward's dot product, or a gradient's
+    sum over output channels and taps, or over the batch and the output grid); the rounding error of a
+    length-n sum grows at most like ``n * eps * max|term|``. float16 inputs are accumulated in float32 and
+    rounded once to float16, so they get one float16 ulp relative on top of the float32 sum.
 
     Example:
         >>> from gpuconv.problem import make_problem
@@ -80,7 +84,7 @@ def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
     """
     compute = np.float32 if problem.dtype == "float16" else np.dtype(problem.dtype)
     eps = float(np.finfo(compute).eps)
-    atol = 4 * eps * (problem.reduction + 1) * scale
+    atol = 4 * eps * (problem.sum_length + 1) * scale
     rtol = 2.0 ** -10 if problem.dtype == "float16" else 4 * eps
     if problem.dtype == "float16":
         atol += 2.0 ** -24  # float16 subnormal spacing
@@ -175,9 +179,9 @@ class CudaEventTimer:
 def jax_runner(problem: ConvProblem, backend: str, inputs: list[tuple[Any, Any, Any]]) -> Callable[[], Any] | None:
     """A ``run`` callable for ``jax.lax.conv_general_dilated`` on the same device kind, or None without one.
 
-    ``inputs`` are host (NumPy) copies ``(x, w, bias)``; they are placed on the device once and rotated
-    like the candidates' inputs. JAX runs at its default precision and in the problem's dtype: it is the
-    peer being compared against, not the oracle.
+    ``inputs`` are host (NumPy) copies of the direction's operands (:func:`random_inputs`); they are placed on
+    the device once and rotated like the candidates' inputs. JAX runs at its default precision and in the
+    problem's dtype: it is the peer being compared against, not the oracle.
     """
     try:
         import jax
@@ -190,14 +194,24 @@ def jax_runner(problem: ConvProblem, backend: str, inputs: list[tuple[Any, Any, 
         return None
     t, b, l, r = problem.padding
 
-    def conv(x: Any, w: Any, bias: Any) -> Any:
-        y = lax.conv_general_dilated(x, w, window_strides=problem.stride, padding=((t, b), (l, r)),
-                                     rhs_dilation=problem.dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                     feature_group_count=problem.groups)
+    def forward(x: Any, w: Any) -> Any:
+        return lax.conv_general_dilated(x, w, window_strides=problem.stride, padding=((t, b), (l, r)),
+                                        rhs_dilation=problem.dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                        feature_group_count=problem.groups)
+
+    x4, w4, y4 = (problem.n, problem.c, problem.h, problem.w), (problem.k, problem.cg, problem.r, problem.s), \
+        problem.out_shape4
+
+    def conv(a: Any, b: Any, bias: Any) -> Any:
+        if problem.direction == "input":  # what jax.grad runs for dx: the transpose of the forward in x
+            return jax.linear_transpose(lambda x: forward(x, b), jax.ShapeDtypeStruct(x4, b.dtype))(a)[0]
+        if problem.direction == "weight":
+            return jax.linear_transpose(lambda w: forward(a, w), jax.ShapeDtypeStruct(w4, a.dtype))(b)[0]
+        y = forward(a, b)
         return y if bias is None else y + bias[None, :, None, None]
 
     f = jax.jit(conv)
-    shape4 = (problem.n, problem.c, problem.h, problem.w), (problem.k, problem.cg, problem.r, problem.s)
+    shape4 = {"forward": (x4, w4), "input": (y4, w4), "weight": (x4, y4)}[problem.direction]
     placed = [(jax.device_put(x.reshape(shape4[0]), device), jax.device_put(w.reshape(shape4[1]), device),
                None if bias is None else jax.device_put(bias, device)) for x, w, bias in inputs]
     counter = iter(range(1 << 62))

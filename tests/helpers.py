@@ -90,3 +90,37 @@ def sample_product(*axes: list[Any], limit: int | None = None, seed: int = 0) ->
         return full
     idx = np.random.default_rng(seed).choice(len(full), size=limit, replace=False)
     return [full[i] for i in sorted(idx)]
+
+
+#: Cases the gradients need beyond the forward grid: an input size the stride leaves ambiguous (15 and 16 both
+#: give 8 outputs at stride 2), strides larger than the kernel in both axes, and large padding.
+GRAD_CASES: list[Case] = CASES + [
+    Case((2, 3, 15, 15), (4, 3, 3, 3), stride=2, padding=1, bias=False),
+    Case((2, 3, 16, 16), (4, 3, 3, 3), stride=2, padding=1, bias=False),
+    Case((1, 2, 9, 10), (3, 2, 2, 2), stride=(3, 4), bias=False),
+    Case((1, 2, 4, 4), (3, 2, 3, 3), padding=3, bias=False),
+    Case((2, 4, 15), (4, 2, 3), stride=2, padding=1, groups=2, bias=False),
+]
+
+
+def gradient_case(case: Case, dtype: str, direction: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(a, b, expected)`` for one gradient: the operands (``dy, w`` for the input gradient, ``x, dy`` for the
+    weight gradient) drawn in [-1, 1) in ``dtype``, and PyTorch's autograd result on them computed in float64 and
+    rounded to ``dtype``."""
+    import torch
+
+    x, w, _ = (a.astype(np.float64) if a is not None else None for a in random_inputs(case, dtype, seed))
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tw = torch.from_numpy(w).requires_grad_(True)
+    fn = torch.nn.functional.conv1d if case.fn == "conv1d" else torch.nn.functional.conv2d
+    y = fn(tx, tw, None, **case.kwargs)
+    dy = np.random.default_rng(seed + 1).uniform(-1, 1, tuple(y.shape)).astype(dtype).astype(np.float64)
+    gx, gw = torch.autograd.grad(y, (tx, tw), torch.from_numpy(dy))
+    cast = lambda a: np.asarray(a).astype(dtype)  # noqa: E731
+    if direction == "input":
+        return cast(dy), cast(w), cast(gx.numpy())
+    return cast(x), cast(dy), cast(gw.numpy())
+
+
+def gradient_problem_of(case: Case, dtype: str, direction: str) -> ConvProblem:
+    return make_problem(case.fn, case.x, case.w, dtype, False, **case.kwargs, direction=direction)

@@ -16,6 +16,7 @@ reports every failure in it, each naming its seed, problem, dtype and strategy; 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,6 +29,7 @@ import gpuconv
 from gpuconv import cpu, reference
 from gpuconv.cpu import STRATEGIES
 from gpuconv.measure import mismatch
+from gpuconv.measure import random_inputs as measure_inputs
 from gpuconv.problem import ConvProblem
 from gpuconv.strategy import Plan
 
@@ -259,3 +261,41 @@ def test_draw_covers_the_edge_cases() -> None:
 
 def test_draw_is_deterministic() -> None:
     assert [draw(s) for s in range(20)] == [draw(s) for s in range(20)]
+
+
+# ---- the gradients on the same draws ----------------------------------------------------------------------
+
+N_GRAD_SEEDS = 120
+
+
+def _check_gradients(drawn: Drawn) -> list[str]:
+    """Both gradients of ``drawn``'s problem, "auto" and every supporting strategy, against jax.vjp."""
+    case = drawn.case
+    failures = []
+    rng = np.random.default_rng(drawn.seed)
+    for direction in ("input", "weight"):
+        problem = dataclasses.replace(drawn.problem, has_bias=False, direction=direction)
+        a, b, _ = measure_inputs(problem, rng)
+        expected = reference.run_problem(problem, a, b)
+        fn = getattr(gpuconv.grad, f"{case.fn}_{direction}")
+        for name in ["auto", *sorted(cpu.TABLES[direction])]:
+            if name != "auto" and not cpu.TABLES[direction][name].supports(problem):
+                continue
+            try:
+                if direction == "input":
+                    out = fn(case.x, b, a, **case.kwargs, strategy=name)
+                else:
+                    out = fn(a, case.w, b, **case.kwargs, strategy=name)
+                msg = mismatch(out, expected, problem)
+            except Exception as e:  # noqa: BLE001
+                msg = f"raised {type(e).__name__}: {e}"
+            if msg is not None:
+                failures.append(f"{drawn} [{direction} {name}]: {msg}")
+    return failures
+
+
+@pytest.mark.parametrize("seeds", [pytest.param(list(range(i, i + 2 * CHUNK)), id=f"seeds{i}-{i + 2 * CHUNK - 1}")
+                                   for i in range(0, N_GRAD_SEEDS, 2 * CHUNK)])
+def test_random_gradients_match_reference(seeds: list[int]) -> None:
+    failures = [f for seed in seeds for f in _check_gradients(draw(seed))]
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures)
