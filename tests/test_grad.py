@@ -43,6 +43,18 @@ def test_every_strategy_matches_torch_autograd(case: Case, dtype: str, direction
     assert ran >= 2
 
 
+@pytest.mark.parametrize("direction", ["input", "weight"])
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_every_variant_matches_torch_autograd(case: Case, direction: str) -> None:
+    """Every point of every gradient strategy's space (the defaults run through the public API above)."""
+    a, b, expected = gradient_case(case, "float32", direction)
+    problem = gradient_problem_of(case, "float32", direction)
+    for name, strategy in cpu.TABLES[direction].items():
+        if strategy.supports(problem):
+            for params in strategy.variants(problem):
+                assert_matches(cpu.execute(problem, Plan(name, params, "forced"), a, b, None), expected, problem)
+
+
 @pytest.mark.parametrize("direction,case", sample_product(["input", "weight"], GRAD_CASES, limit=12, seed=3),
                          ids=str)
 def test_float16_gradients(case: Case, direction: str) -> None:

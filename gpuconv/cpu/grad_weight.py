@@ -25,13 +25,21 @@ def _dy_by_group(problem: ConvProblem, dy: np.ndarray, start: int, stop: int) ->
     return np.ascontiguousarray(d).reshape(problem.groups, problem.kg, m * pq)
 
 
-def im2col(problem: ConvProblem, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """``dw`` by a GEMM of ``dy`` with the column matrix of ``x``, chunked over the batch."""
+def im2col(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, *, per_image: int = 0) -> np.ndarray:
+    """``dw`` by a GEMM of ``dy`` with the column matrix of ``x``, chunked over the batch.
+
+    ``per_image=0`` copies the columns of a chunk image-minor, ``(G, C/G*R*S, m*P*Q)``, for one GEMM per group
+    whose inner dimension spans the chunk (long reductions on small images); ``per_image=1`` keeps the
+    forward's column layout ``(m, G, C/G*R*S, P*Q)``, a cheaper copy, and sums one GEMM per image (large images,
+    where ``P*Q`` alone is a long enough reduction).
+    """
+    if per_image:
+        return _im2col_per_image(problem, x, dy)
     n, g, cg, kg = problem.n, problem.groups, problem.cg, problem.kg
     r, s, p, q = problem.r, problem.s, problem.p, problem.q
     taps = _views.compact_taps(problem, _views.padded(problem, x))      # N, C, R, S, P, Q
-    per_image = problem.c * r * s * p * q * x.itemsize
-    chunk = max(1, min(n, COLS_BUDGET_BYTES // max(per_image, 1)))
+    per_image_bytes = problem.c * r * s * p * q * x.itemsize
+    chunk = max(1, min(n, COLS_BUDGET_BYTES // max(per_image_bytes, 1)))
     dw = np.zeros((g, kg, problem.reduction), x.dtype)
     cols = np.empty((g, cg, r, s, chunk, p, q), x.dtype)
     for i in range(0, n, chunk):
@@ -42,6 +50,26 @@ def im2col(problem: ConvProblem, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
             np.ascontiguousarray(view).reshape(g, problem.reduction, m * p * q)
         dw += np.matmul(_dy_by_group(problem, dy, i, i + m), cm.transpose(0, 2, 1))
     return dw.reshape(problem.k, cg, r, s)
+
+
+def _im2col_per_image(problem: ConvProblem, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    n, g, cg, kg = problem.n, problem.groups, problem.cg, problem.kg
+    pq = problem.p * problem.q
+    if problem.is_pointwise:  # x is its own column matrix
+        cols_all = x.reshape(n, g, cg, pq)
+        dw = np.matmul(dy.reshape(n, g, kg, pq), cols_all.transpose(0, 1, 3, 2)).sum(axis=0)
+        return dw.reshape(problem.k, cg, 1, 1)
+    taps = _views.compact_taps(problem, _views.padded(problem, x))      # N, C, R, S, P, Q
+    per_image_bytes = problem.c * problem.r * problem.s * pq * x.itemsize
+    chunk = max(1, min(n, COLS_BUDGET_BYTES // max(per_image_bytes, 1)))
+    dw = np.zeros((g, kg, problem.reduction), x.dtype)
+    cols = np.empty((chunk, g, cg, problem.r, problem.s, problem.p, problem.q), x.dtype)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        np.copyto(cols[:m], taps[i:i + m].reshape(m, g, cg, problem.r, problem.s, problem.p, problem.q))
+        cm = cols[:m].reshape(m, g, problem.reduction, pq)
+        dw += np.matmul(dy[i:i + m].reshape(m, g, kg, pq), cm.transpose(0, 1, 3, 2)).sum(axis=0)
+    return dw.reshape(problem.k, cg, problem.r, problem.s)
 
 
 def direct(problem: ConvProblem, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
