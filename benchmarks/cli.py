@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 from gpuconv import shapes
+from gpuconv.problem import DIRECTIONS
 
 from . import machine
-from .report import coretype_markdown, file_stem, fmt_summary, markdown, stem, write_json
-from .run import Config, benchmark
+from .report import coretype_markdown, fmt_summary, markdown, stem, workload_stem, write_json
+from .run import Config, benchmark, workload
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _DEFAULT = "default"
@@ -30,7 +31,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = cuda when CuPy sees a device, else cpu")
     p.add_argument("--batch", type=int, help="override every layer's batch size (default: as in the file)")
-    p.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float16", "float32", "float64"),
+                   help="override every layer's dtype (default: as in the file, float32 where it states none)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--direction", choices=DIRECTIONS,
+                       help="time this direction of every layer: forward (y), input (dx) or weight (dw) "
+                            "(default: as in the file, forward where it states none)")
+    which.add_argument("--directions", metavar="LIST",
+                       help="'all' (forward, input and weight of every layer, in one result) or a comma-separated "
+                            "list of directions")
     p.add_argument("--out", type=Path, help="output directory (default benchmarks/results/<machine>/)")
     p.add_argument("--repeat", type=int, default=15, help="timed repetitions per contender and layer (15)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per contender before timing (2)")
@@ -59,9 +68,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def directions_from(args: argparse.Namespace) -> list[str] | None:
+    """The directions ``--direction``/``--directions`` ask for; None (each layer's own) when neither is given.
+
+    Raises:
+        ValueError: a ``--directions`` entry that is not a direction.
+    """
+    if args.direction:
+        return [args.direction]
+    if not args.directions:
+        return None
+    if args.directions.strip() == "all":
+        return list(DIRECTIONS)
+    wanted = [d.strip() for d in args.directions.split(",") if d.strip()]
+    bad = [d for d in wanted if d not in DIRECTIONS]
+    if bad or not wanted:
+        raise ValueError(f"--directions: must be 'all' or a list of {', '.join(DIRECTIONS)}, got {args.directions!r}")
+    return [d for d in DIRECTIONS if d in wanted]
+
+
 def config_from(args: argparse.Namespace, command: str) -> Config:
-    """The :class:`Config` the parsed arguments describe."""
-    cfg = Config(shapes=args.shapes, backend=args.backend, batch=args.batch, dtype=args.dtype, out=args.out,
+    """The :class:`Config` the parsed arguments describe.
+
+    Raises:
+        ValueError: a bad ``--directions`` list.
+    """
+    cfg = Config(shapes=args.shapes, backend=args.backend, batch=args.batch, dtype=args.dtype,
+                 directions=directions_from(args), out=args.out,
                  repeat=args.repeat, warmup=args.warmup, budget_s=args.budget, settle_s=args.settle,
                  quick=args.quick, scaling=not args.no_scaling, scaling_channels=args.scaling_channels,
                  naive_max=args.naive_max,
@@ -131,7 +164,8 @@ def compare_coretypes(args: argparse.Namespace, argv: list[str]) -> int:
     base = _without(_without(argv, "--compare-coretypes"), "--openblas-coretype")
     out = (args.out or RESULTS / machine.slug("cpu")).resolve()
     base = _without(base, "--out") + ["--out", str(out)]
-    batch = args.batch if args.batch is not None else shapes.load(args.shapes)[0].problem.n
+    loaded = shapes.load(args.shapes, batch=args.batch, dtype=args.dtype, directions=directions_from(args))
+    work = workload(s.problem for s in loaded)
     results: dict[str, dict | str] = {}
     status = 0
     for coretype in [c.strip() for c in args.compare_coretypes.split(",") if c.strip()]:
@@ -147,8 +181,8 @@ def compare_coretypes(args: argparse.Namespace, argv: list[str]) -> int:
             results[coretype] = f"not run: the benchmark exited with {code}"
             status = 1
             continue
-        results[coretype] = json.loads((out / f"{file_stem(args.shapes, batch, args.dtype, forced)}.json").read_text())
-    page = out / f"{file_stem(args.shapes, batch, args.dtype, None)}_coretypes.md"
+        results[coretype] = json.loads((out / f"{workload_stem(args.shapes, work, forced)}.json").read_text())
+    page = out / f"{workload_stem(args.shapes, work, None)}_coretypes.md"
     out.mkdir(parents=True, exist_ok=True)
     page.write_text(coretype_markdown(results))
     print(f"wrote {page}")
@@ -160,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if args.compare_coretypes:
-        return compare_coretypes(args, argv)
+        try:
+            return compare_coretypes(args, argv)
+        except ValueError as e:  # a bad shapes file or --directions list
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     want = args.openblas_coretype
     if want and os.environ.get("OPENBLAS_CORETYPE", "").upper() != want.upper():
         ok, detail = machine.probe_coretype(want)
@@ -168,8 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {detail}", file=sys.stderr)
             return 2
         return _child(argv, want)
-    cfg = config_from(args, _command(argv))
     try:
+        cfg = config_from(args, _command(argv))
         result = benchmark(cfg)
     except ValueError as e:  # a bad shapes file, contender pattern or backend: say so, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -1,11 +1,15 @@
 """Everything that computes a convolution and gets timed: gpuconv (auto and each strategy) and its peers.
 
-A :class:`Contender` turns ``(problem, x, w)`` host arrays into a zero-argument callable that computes the
-output on its device and returns only once the result is ready (or, for CUDA-event timers, once the work
-is queued). Inputs are moved to the device and anything compiled is compiled in ``setup``, outside timing.
-The peers are what a user would reach for instead: ``jax.lax.conv_general_dilated`` (XLA; cuDNN on a GPU),
-``torch.nn.functional.conv1d/conv2d`` (oneDNN on the CPU, cuDNN on a GPU), and on the CPU the NumPy
-``as_strided`` + ``tensordot`` convolution people write by hand.
+A :class:`Contender` turns a problem's two operands, host arrays, into a zero-argument callable that computes
+the problem's result on its device and returns only once the result is ready (or, for CUDA-event timers, once
+the work is queued). The operands are those of the problem's direction (``problem.operand_shapes``): ``(x, w)``
+for the forward, ``(dy, w)`` for the input gradient, ``(x, dy)`` for the weight gradient. Inputs are moved to
+the device and anything compiled is compiled in ``setup``, outside timing.
+
+The peers are what a user would reach for instead, in each direction: ``jax.lax.conv_general_dilated`` and its
+transpose (what ``jax.grad`` runs; XLA, cuDNN on a GPU), ``torch.nn.functional.conv1d/conv2d`` and
+``torch.nn.grad.conv{1,2}d_input/weight`` (oneDNN on the CPU, cuDNN on a GPU), and on the CPU the NumPy
+``as_strided`` + ``tensordot`` convolution people write by hand (forward only).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any, Callable
 import numpy as np
 
 import gpuconv
+import gpuconv.grad
 from gpuconv.backends import get_backend
 from gpuconv.measure import conv_kwargs
-from gpuconv.problem import ConvProblem
+from gpuconv.problem import DIRECTIONS, ConvProblem
 
 from .machine import cores
 
@@ -40,7 +45,8 @@ class Contender:
         label: what plots and tables show.
         family: ``"gpuconv"``, ``"peer"`` (another library) or ``"baseline"`` (hand-written NumPy).
         timer: key of :data:`benchmarks.timing.TIMERS` that times its thunk.
-        setup: ``(problem, x, w) -> thunk``; x and w are host arrays of the problem's dtype and user shape.
+        setup: ``(problem, a, b) -> thunk``; a and b are the direction's operands (``problem.operand_shapes``),
+            host arrays of the problem's dtype.
         to_host: turns the thunk's result into a NumPy array.
         supports: whether it can compute a problem at all (others are reported as unsupported, not failed).
         note: how it is configured, printed with the results.
@@ -90,37 +96,64 @@ class Lineup:
 
 # ---- how a problem is passed to each library ---------------------------------------------
 
-def _gpuconv_fn(problem: ConvProblem) -> Callable[..., Any]:
-    return gpuconv.conv1d if problem.ndim == 1 else gpuconv.conv2d
+def _fn_name(problem: ConvProblem) -> str:
+    """The public function that computes ``problem``: ``conv2d``, ``conv2d_input``, ``conv1d_weight``, ..."""
+    base = "conv1d" if problem.ndim == 1 else "conv2d"
+    return base if problem.direction == "forward" else f"{base}_{problem.direction}"
+
+
+def _gpuconv_call(problem: ConvProblem, a: Any, b: Any, strategy: str) -> Thunk:
+    """gpuconv's public call for ``problem`` on its operands: ``conv2d(x, w)``, ``grad.conv2d_input(x.shape, w,
+    dy)`` or ``grad.conv2d_weight(x, w.shape, dy)`` (1-d alike)."""
+    kw = conv_kwargs(problem)
+    if problem.direction == "input":
+        fn = gpuconv.grad.conv1d_input if problem.ndim == 1 else gpuconv.grad.conv2d_input
+        return lambda: fn(problem.x_shape, b, a, **kw, strategy=strategy)
+    if problem.direction == "weight":
+        fn = gpuconv.grad.conv1d_weight if problem.ndim == 1 else gpuconv.grad.conv2d_weight
+        return lambda: fn(a, problem.w_shape, b, **kw, strategy=strategy)
+    fn = gpuconv.conv1d if problem.ndim == 1 else gpuconv.conv2d
+    return lambda: fn(a, b, **kw, strategy=strategy)
 
 
 def auto_plan(problem: ConvProblem, backend: str) -> tuple[str, str]:
     """What ``strategy='auto'`` runs for ``problem``: ``(strategy, source)`` with source ``tuned`` or ``heuristic``."""
     from gpuconv import plan
 
-    fn = "conv1d" if problem.ndim == 1 else "conv2d"
-    chosen = plan.choose(fn, problem, backend, get_backend(backend), "auto")
+    chosen = plan.choose(_fn_name(problem), problem, backend, get_backend(backend), "auto")
     return chosen.strategy, chosen.source
 
 
 # ---- gpuconv ------------------------------------------------------------------------------
 
-def _gpuconv(backend: str, strategy: str, supports: Callable[[ConvProblem], bool]) -> Contender:
+def _gpuconv(backend: str, strategy: str, directions: tuple[str, ...]) -> Contender:
+    """gpuconv with ``strategy`` (``auto`` or a strategy name) in every direction whose table has that name: a
+    name such as ``direct`` is a different algorithm per direction, so its rows say which direction they time."""
     on_gpu = backend == "cuda"
+    tables = get_backend(backend).TABLES
 
-    def setup(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> Thunk:
+    def supports(problem: ConvProblem) -> bool:
+        if strategy == "auto":
+            return True
+        table = tables[problem.direction]
+        return strategy in table and table[strategy].supports(problem)
+
+    def setup(problem: ConvProblem, a: np.ndarray, b: np.ndarray) -> Thunk:
         if on_gpu:
             import cupy
 
-            x, w = cupy.asarray(x), cupy.asarray(w)
-        fn, kw = _gpuconv_fn(problem), conv_kwargs(problem)
-        return lambda: fn(x, w, **kw, strategy=strategy)
+            a, b = cupy.asarray(a), cupy.asarray(b)
+        return _gpuconv_call(problem, a, b, strategy)
 
     label = "gpuconv auto" if strategy == "auto" else f"gpuconv {strategy}"
+    where = list(directions) if strategy == "auto" else [d for d in directions if strategy in tables[d]]
+    note = "tuned cache when present, else the heuristic" if strategy == "auto" else "default parameters"
+    if where != list(directions):
+        note += f"; {', '.join(where)} only"
+    if any(d != "forward" for d in where):
+        note += "; gradients through gpuconv.grad.conv{1,2}d_input/weight"
     return Contender(f"gpuconv:{strategy}", label, "gpuconv", "cupy-events" if on_gpu else "wall", setup,
-                     _cupy_to_host if on_gpu else np.asarray, supports,
-                     "tuned cache when present, else the heuristic" if strategy == "auto" else "default parameters",
-                     "cuda" if on_gpu else "numpy-blas")
+                     _cupy_to_host if on_gpu else np.asarray, supports, note, "cuda" if on_gpu else "numpy-blas")
 
 
 def _cupy_to_host(a: Any) -> np.ndarray:
@@ -131,6 +164,12 @@ def _cupy_to_host(a: Any) -> np.ndarray:
 
 # ---- jax.lax ------------------------------------------------------------------------------
 
+def _jax_supports(problem: ConvProblem) -> bool:
+    # XLA's transpose of a convolution aborts the whole process on some dilated problems (see
+    # gpuconv.reference._gradient); a benchmark must not, so jax times dilated gradients not at all.
+    return problem.direction == "forward" or problem.dilation == (1, 1)
+
+
 def _jax(backend: str) -> Contender:
     import jax
     from jax import lax
@@ -138,23 +177,35 @@ def _jax(backend: str) -> Contender:
     platform = "gpu" if backend == "cuda" else "cpu"
     device = jax.devices(platform)[0]  # raises RuntimeError when this jax has no such platform
 
-    def setup(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> Thunk:
-        t, b, l, r = problem.padding
+    def setup(problem: ConvProblem, a: np.ndarray, b: np.ndarray) -> Thunk:
+        t, bottom, l, r = problem.padding
         one_d = problem.ndim == 1
         kw = dict(window_strides=problem.stride[1:] if one_d else problem.stride,
-                  padding=[(l, r)] if one_d else [(t, b), (l, r)],
+                  padding=[(l, r)] if one_d else [(t, bottom), (l, r)],
                   rhs_dilation=problem.dilation[1:] if one_d else problem.dilation,
                   dimension_numbers=("NCH", "OIH", "NCH") if one_d else ("NCHW", "OIHW", "NCHW"),
                   feature_group_count=problem.groups, precision=lax.Precision.HIGHEST)
-        f = jax.jit(lambda a, c: lax.conv_general_dilated(a, c, **kw))
-        xd, wd = jax.device_put(x, device), jax.device_put(w, device)
-        f(xd, wd).block_until_ready()  # compile outside timing
-        return lambda: f(xd, wd).block_until_ready()
+
+        def forward(x: Any, w: Any) -> Any:
+            return lax.conv_general_dilated(x, w, **kw)
+
+        # A gradient is the transpose of the forward in one operand, which is what jax.grad and jax.vjp of a
+        # convolution run (the forward's value is not needed, so none is computed).
+        like = lambda shape: jax.ShapeDtypeStruct(shape, problem.dtype)  # noqa: E731
+        conv = {"forward": forward,
+                "input": lambda dy, w: jax.linear_transpose(lambda x: forward(x, w), like(problem.x_shape))(dy)[0],
+                "weight": lambda x, dy: jax.linear_transpose(lambda w: forward(x, w), like(problem.w_shape))(dy)[0],
+                }[problem.direction]
+        f = jax.jit(conv)
+        ad, bd = jax.device_put(a, device), jax.device_put(b, device)
+        f(ad, bd).block_until_ready()  # compile outside timing
+        return lambda: f(ad, bd).block_until_ready()
 
     engine = "XLA, cuDNN" if backend == "cuda" else "XLA CPU"
-    return Contender("jax", f"jax.lax ({engine})", "peer", "wall", setup, np.asarray,
-                     note=f"jax.jit(lax.conv_general_dilated), Precision.HIGHEST (no TF32), {jax.__version__}, "
-                          "wall time to block_until_ready", pool="xla")
+    return Contender("jax", f"jax.lax ({engine})", "peer", "wall", setup, np.asarray, _jax_supports,
+                     note=f"jax.jit(lax.conv_general_dilated); gradients: jax.jit(jax.linear_transpose) of it in x "
+                          "or w (what jax.grad runs; not on dilated layers); Precision.HIGHEST (no TF32), "
+                          f"{jax.__version__}, wall time to block_until_ready", pool="xla")
 
 
 # ---- PyTorch ------------------------------------------------------------------------------
@@ -178,18 +229,34 @@ def _torch(backend: str) -> Contender:
         note = f"torch {torch.__version__}, {onednn}, torch.set_num_threads({cores()})"
         device, timer, label = "cpu", "wall", f"PyTorch ({onednn})"
 
-    def setup(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> Thunk:
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-        wt = torch.from_numpy(np.ascontiguousarray(w)).to(device)
-        fn, kw = (F.conv1d if problem.ndim == 1 else F.conv2d), conv_kwargs(problem)
+    def setup(problem: ConvProblem, a: np.ndarray, b: np.ndarray) -> Thunk:
+        at = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        bt = torch.from_numpy(np.ascontiguousarray(b)).to(device)
+        kw, one_d = conv_kwargs(problem), problem.ndim == 1
+        if problem.direction == "input":
+            grad_in = torch.nn.grad.conv1d_input if one_d else torch.nn.grad.conv2d_input
+            call = lambda: grad_in(problem.x_shape, bt, at, **kw)  # noqa: E731
+        elif problem.direction == "weight":
+            grad_w = torch.nn.grad.conv1d_weight if one_d else torch.nn.grad.conv2d_weight
+            call = lambda: grad_w(at, problem.w_shape, bt, **kw)  # noqa: E731
+        else:
+            fn = F.conv1d if one_d else F.conv2d
+            call = lambda: fn(at, bt, None, **kw)  # noqa: E731
 
         def run() -> Any:
             with torch.inference_mode():
-                return fn(xt, wt, None, **kw)
+                return call()
         return run
 
-    return Contender("torch", label, "peer", timer, setup, lambda t: t.detach().cpu().numpy(), note=note,
-                     pool="torch")
+    return Contender("torch", label, "peer", timer, setup, lambda t: t.detach().cpu().numpy(), _torch_supports,
+                     note=note + "; gradients: torch.nn.grad.conv{1,2}d_input/weight (aten.convolution_backward "
+                                 "with one output masked in), not for asymmetric 'same' padding", pool="torch")
+
+
+def _torch_supports(problem: ConvProblem) -> bool:
+    # torch.nn.grad takes explicit symmetric padding only; conv_kwargs turns asymmetric padding into 'same'.
+    t, b, l, r = problem.padding
+    return problem.direction == "forward" or (t, l) == (b, r)
 
 
 # ---- the NumPy convolution people write by hand ---------------------------------------------
@@ -221,7 +288,9 @@ def _numpy_baseline() -> Contender:
         return lambda: numpy_conv(problem, x, w)
 
     return Contender("numpy", "NumPy as_strided+tensordot", "baseline", "wall", setup,
-                     note="np.pad + as_strided windows + np.tensordot per group (hand-written baseline)")
+                     supports=lambda p: p.direction == "forward",
+                     note="np.pad + as_strided windows + np.tensordot per group (hand-written baseline); forward "
+                          "only, unsupported for the gradients")
 
 
 def naive_conv(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -247,19 +316,23 @@ def naive_loops() -> Contender:
         return lambda: naive_conv(problem, x, w)
 
     return Contender("naive", "naive loops (NumPy per pixel)", "baseline", "wall", setup,
-                     supports=lambda p: p.groups == 1, note="a Python loop over output pixels, tensordot inside")
+                     supports=lambda p: p.groups == 1 and p.direction == "forward",
+                     note="a Python loop over output pixels, tensordot inside")
 
 
 # ---- the lineup ---------------------------------------------------------------------------
 
-def lineup(backend: str) -> Lineup:
-    """gpuconv ``auto`` and every strategy of ``backend``, then each peer that is installed and usable.
+def lineup(backend: str, directions: tuple[str, ...] = ("forward",)) -> Lineup:
+    """gpuconv ``auto`` and every strategy of ``backend`` in any of ``directions`` (one contender per name, which
+    runs that name's strategy in each direction that has it), then each peer that is installed and usable.
 
     A peer that cannot run here (not installed, no GPU build) is listed in ``missing`` with the reason.
     """
-    table = get_backend(backend).STRATEGIES
-    found = [_gpuconv(backend, "auto", _always)]
-    found += [_gpuconv(backend, name, s.supports) for name, s in table.items()]
+    tables = get_backend(backend).TABLES
+    directions = tuple(d for d in DIRECTIONS if d in directions)
+    names = dict.fromkeys(name for d in directions for name in tables[d])
+    found = [_gpuconv(backend, "auto", directions)]
+    found += [_gpuconv(backend, name, directions) for name in names]
     if backend == "cpu":
         found.append(_numpy_baseline())  # next to gpuconv: same thread pool, no pause between them
     missing: dict[str, str] = {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .report import describe, summary_by_direction, workload_of
+
 _PEER_COLORS = {"jax": "#d95f02", "torch": "#7570b3", "numpy": "#666666", "naive": "#a6761d"}
 _GPUCONV_COLORS = ["#1b9e77", "#66a61e", "#1f78b4", "#a6cee3", "#b2df8a", "#33a02c", "#e6ab02"]
 
@@ -37,13 +39,17 @@ def _title(result: dict[str, Any], workload: bool = True) -> str:
     s, m = result["settings"], result["machine"]
     where = m["gpu"]["name"] if m.get("gpu") else f"{m['cpu']['model']}, {m['cpu']['cores']} cores"
     blas = m.get("blas", {}).get("architecture")
-    batch = result["shapes"][0]["problem"]["n"] if result["shapes"] else s["batch"]
-    what = f"{Path(s['shapes']).stem}, batch {batch}, {s['dtype']} — " if workload else f"{s['dtype']} — "
+    load = result.get("load_average", {}).get("start")
+    where += f", load {load[0]:.2f}" if load else ""
+    if workload:
+        what = f"{Path(s['shapes']).stem}, {describe(workload_of(result))} — "
+    else:  # the scaling sweep: its own problem, whose dtype its template names
+        what = ""
     return what + where + (f", OpenBLAS {blas}" if blas and s["backend"] == "cpu" else "")
 
 
 def _grouped_bars(rows: list[dict[str, Any]], series: list[tuple[str, str, list[float]]], path: Path, *,
-                  title: str, ylabel: str, line: float, line_label: str = "", per_row: int = 8) -> None:
+                  title: str, ylabel: str, lines: list[tuple[float, str]], per_row: int = 8) -> None:
     """Bars grouped by layer, one colour per series, log scale, a horizontal reference line; layers are split
     over rows of ``per_row`` so that a 20-layer network stays legible."""
     import numpy as np
@@ -57,14 +63,16 @@ def _grouped_bars(rows: list[dict[str, Any]], series: list[tuple[str, str, list[
         for i, (label, color, values) in enumerate(series):
             ax.bar(x - 0.425 + (i + 0.5) * width, [values[j] for j in chunk], width, label=label, color=color,
                    edgecolor="black" if label == "gpuconv auto" else "none", linewidth=0.6)
-        ax.axhline(line, color="black", linestyle="--", linewidth=1)
+        for (value, _), style in zip(lines, ("--", ":", "-.")):
+            ax.axhline(value, color="black", linestyle=style, linewidth=1)
         ax.set_yscale("log")
         ax.set_xticks(x, [rows[j]["name"] for j in chunk], fontsize=8, rotation=12)
         ax.set_xlim(-0.6, per_row - 0.4)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", which="both", alpha=0.3)
-    if line_label:
-        axes[0].annotate(line_label, (-0.5, line), xytext=(2, 3), textcoords="offset points", fontsize=8)
+    for value, label in lines:
+        if label:
+            axes[0].annotate(label, (-0.5, value), xytext=(2, 3), textcoords="offset points", fontsize=8)
     fig.suptitle(title, fontsize=10)
     handles, texts = axes[0].get_legend_handles_labels()
     fig.legend(handles, texts, fontsize=8, ncols=min(len(series), 5), loc="outside lower center")
@@ -79,10 +87,10 @@ def gflops_bars(result: dict[str, Any], path: Path) -> None:
     colors = _colors(names)
     series = [(labels[n], colors[n], [r["results"].get(n, {}).get("gflops", float("nan")) for r in rows])
               for n in names]
-    roof = result["roof"][result["settings"]["dtype"]]
+    roofs = [result["roof"][dtype] for dtype in workload_of(result)["dtypes"]]
     _grouped_bars(rows, series, path, title=f"GFLOP/s per layer (2·N·K·P·Q·C/g·R·S / median time) — "
-                  f"{_title(result)}", ylabel="GFLOP/s", line=roof["best_gflops"],
-                  line_label=f"roof: {roof['what']} {roof['best_gflops']:.0f} GFLOP/s")
+                  f"{_title(result)}", ylabel="GFLOP/s",
+                  lines=[(r["best_gflops"], f"roof: {r['what']} {r['best_gflops']:.0f} GFLOP/s") for r in roofs])
 
 
 def speedup_bars(result: dict[str, Any], path: Path) -> bool:
@@ -95,10 +103,13 @@ def speedup_bars(result: dict[str, Any], path: Path) -> bool:
         return False
     colors = _colors(peers)
     series = [(f"over {labels[p]}", colors[p], [_speedup(r, p) or float("nan") for r in rows]) for p in peers]
-    summary = result["summary"].get("gpuconv:auto", {})
-    geo = ", ".join(f"{labels[p]} {summary[p]['geomean_speedup']:.2f}×" for p in peers if p in summary)
+    summary = summary_by_direction(result)
+    geo = "; ".join((f"{d}: " if list(summary) != ["forward"] else "")
+                    + ", ".join(f"{labels[p]} {by['gpuconv:auto'][p]['geomean_speedup']:.2f}×"
+                                for p in peers if p in by.get("gpuconv:auto", {}))
+                    for d, by in summary.items())
     _grouped_bars(rows, series, path, title=f"Speedup of gpuconv auto per layer (>1: gpuconv faster)\n"
-                  f"geometric mean: {geo}\n{_title(result)}", ylabel="speedup of gpuconv auto", line=1.0)
+                  f"geometric mean: {geo}\n{_title(result)}", ylabel="speedup of gpuconv auto", lines=[(1.0, "")])
     return True
 
 

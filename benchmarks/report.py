@@ -6,20 +6,61 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+_GRADIENT = {"input": "input gradient", "weight": "weight gradient"}
 
 
-def file_stem(shapes: str, batch: int, dtype: str, coretype: str | None) -> str:
-    """``<shapes>_b<batch>_<dtype>``, plus ``_openblas-<coretype>`` for a run under a forced OpenBLAS core type."""
+def file_stem(shapes: str, batch: int | str, dtype: str, coretype: str | None,
+              directions: Sequence[str] = ("forward",)) -> str:
+    """``<shapes>_b<batch>_<dtype>``, then ``_<direction>[-<direction>...]`` unless only the forward was run, then
+    ``_openblas-<coretype>`` for a run under a forced OpenBLAS core type. ``batch`` and ``dtype`` are ``"mixed"``
+    for a file whose layers differ in them (see :func:`workload_stem`)."""
     name = f"{Path(shapes).stem}_b{batch}_{dtype}"
+    if list(directions) != ["forward"]:
+        name += "_" + "-".join(directions)
     return f"{name}_openblas-{coretype.lower()}" if coretype else name
+
+
+def workload_stem(shapes: str, work: Mapping[str, Sequence[Any]], coretype: str | None) -> str:
+    """The stem of a run over layers with ``work``'s batch sizes, dtypes and directions (``run.workload``)."""
+    batches, dtypes = work["batches"], work["dtypes"]
+    return file_stem(shapes, batches[0] if len(batches) == 1 else "mixed", dtypes[0] if len(dtypes) == 1 else "mixed",
+                     coretype, work["directions"])
+
+
+def workload_of(result: dict[str, Any]) -> dict[str, list]:
+    """The result's workload; for a result written before it was recorded, derived from its layers."""
+    if "workload" in result:
+        return result["workload"]
+    problems = [row["problem"] for row in result["shapes"]]
+    s = result["settings"]
+    return {"batches": sorted({p["n"] for p in problems}) or [s.get("batch") or 1],
+            "dtypes": sorted({p["dtype"] for p in problems}) or [s.get("dtype") or "float32"],
+            "directions": [d for d in ("forward", "input", "weight")
+                           if any(p.get("direction", "forward") == d for p in problems)] or ["forward"]}
+
+
+def describe(work: Mapping[str, Sequence[Any]]) -> str:
+    """The workload in words for titles: ``batch 8, float32``, or ``mixed batch sizes 1-8, mixed dtypes (float32,
+    float64)``, then the directions unless only the forward: ``input gradient``, ``forward, input and weight
+    gradients``."""
+    batches, dtypes, directions = work["batches"], work["dtypes"], list(work["directions"])
+    parts = [f"batch {batches[0]}" if len(batches) == 1 else f"mixed batch sizes {batches[0]}-{batches[-1]}",
+             dtypes[0] if len(dtypes) == 1 else f"mixed dtypes ({', '.join(dtypes)})"]
+    if directions == ["forward"]:
+        return ", ".join(parts)
+    if len(directions) == 1:
+        return ", ".join(parts + [_GRADIENT[directions[0]]])
+    grads = [d for d in directions if d != "forward"]
+    words = ", ".join(directions[:-1]) + f" and {directions[-1]}"
+    return ", ".join(parts + [words + (" gradients" if grads else "")])
 
 
 def stem(result: dict[str, Any]) -> str:
     """The file stem of ``result`` (see :func:`file_stem`)."""
-    s = result["settings"]
-    batch = s["batch"] if s["batch"] is not None else (result["shapes"][0]["problem"]["n"] if result["shapes"] else 1)
-    return file_stem(s["shapes"], batch, s["dtype"], result["machine"].get("openblas_coretype_env"))
+    return workload_stem(result["settings"]["shapes"], workload_of(result),
+                         result["machine"].get("openblas_coretype_env"))
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -112,47 +153,79 @@ def machine_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _directions_of(result: dict[str, Any]) -> list[str]:
+    return list(workload_of(result)["directions"])
+
+
+def summary_by_direction(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``direction -> gpuconv contender -> peer -> figures``; a schema-1 summary is the forward's."""
+    summary = result["summary"]
+    if result.get("schema", 1) < 2:
+        return {"forward": summary}
+    return summary
+
+
 def markdown(result: dict[str, Any], plots: list[str] = ()) -> str:
     """The human-readable page for one result."""
     s = result["settings"]
     labels = {c["name"]: c["label"] for c in result["contenders"]}
     names = [c["name"] for c in result["contenders"]]
-    batch = result["shapes"][0]["problem"]["n"] if result["shapes"] else s["batch"]
-    lines = [f"# gpuconv vs peers: {Path(s['shapes']).stem}, batch {batch}, {s['dtype']}, {s['backend']} backend", ""]
+    work = workload_of(result)
+    directions = list(work["directions"])
+    lines = [f"# gpuconv vs peers: {Path(s['shapes']).stem}, {describe(work)}, {s['backend']} backend", ""]
     lines += [f"Command: `{result['command']}`  ", f"Measured: {result['created']}", ""]
     lines += machine_lines(result) + [""]
     roofs = result["roof"]
-    r = roofs[s["dtype"]]
-    runs = ", ".join(f"{x['best_gflops']:.1f}" for x in r.get("runs", []))
-    lines.append(f"Roof: {r['what']} at {r['size']}³, best of {r['repeat']} calls, measured before and after the "
-                 f"layers ({runs} GFLOP/s): **{r['best_gflops']:.1f} GFLOP/s**, used for the roof fractions below.")
-    if s["backend"] == "cuda" and "float16" in roofs:
+    for dtype in work["dtypes"]:
+        r = roofs[dtype]
+        runs = ", ".join(f"{x['best_gflops']:.1f}" for x in r.get("runs", []))
+        lines.append(f"Roof of the {dtype} layers: {r['what']} at {r['size']}³, best of {r['repeat']} calls, "
+                     f"measured before and after the layers ({runs} GFLOP/s): **{r['best_gflops']:.1f} GFLOP/s**, "
+                     "used for their roof fractions below.  ")
+    if s["backend"] == "cuda" and "float16" in roofs and "float16" not in work["dtypes"]:
         lines.append(f"fp16 GEMM roof: best {roofs['float16']['best_gflops']:.0f} GFLOP/s.")
+    if directions != ["forward"]:
+        lines += ["", "Directions: `forward` computes y from x and w, `input` the input gradient dx from dy and w, "
+                  "`weight` the weight gradient dw from x and dy, each on the layer's forward geometry (a gradient "
+                  "row is named `layer:input` / `layer:weight`). GFLOP counts the same 2·N·K·P·Q·C/g·R·S "
+                  "multiply-adds in every direction. `–` marks a contender that does not compute that problem."]
+    reference = "jax.lax at HIGHEST precision" + ("; the gradients from their definition, in float64"
+                                                  if directions != ["forward"] else "")
     lines += ["", f"Timing: per contender the median of up to {s['repeat']} repetitions, run interleaved "
               f"(round-robin) after {s['warmup']} warm-up calls, at most ~{s['budget_s']} s each per layer "
               "(at least 3 runs; "
               "a contender whose single call exceeds that is run once); "
               "[q1–q3] is the interquartile range. Every contender was checked once against "
-              "`gpuconv.reference` (jax.lax at HIGHEST precision) before timing; a wrong result is reported as "
+              f"`gpuconv.reference` ({reference}) before timing; a wrong result is reported as "
               "**failed** and not timed. Speedup = the other's median time / this one's.", ""]
     lines += ["Contenders:"] + [f"- `{c['name']}` ({c['label']}): {c['note']}" for c in result["contenders"]]
     lines += [f"- `{k}`: not run: {v}" for k, v in result["missing"].items()]
 
     lines += ["", "## Summary", ""]
     peers = [n for n in names if not n.startswith("gpuconv:")]
+    several = len(directions) > 1
     rows = []
-    for g, per in result["summary"].items():
-        if per:
-            rows.append([labels[g]] + [f"{_x(per[p]['geomean_speedup'])} (total {_x(per[p]['total_time_speedup'])}, "
-                                       f"wins {per[p]['wins']}/{per[p]['shapes']})" if p in per else ""
-                                       for p in peers])
-    lines += _table(["speedup of", *(f"over {labels[p]}" for p in peers)], rows)
-    lines += ["", "Geometric mean over the layers both ran; *total* weighs each layer by how often it occurs "
-              "in the network (the `count` in the shapes file)."]
+    for direction, by_gpuconv in summary_by_direction(result).items():
+        for g, per in by_gpuconv.items():
+            if per:
+                rows.append(([direction] if several else []) + [labels[g]]
+                            + [f"{_x(per[p]['geomean_speedup'])} (total {_x(per[p]['total_time_speedup'])}, "
+                               f"wins {per[p]['wins']}/{per[p]['shapes']})" if p in per else "" for p in peers])
+    lines += _table((["direction"] if several else []) + ["speedup of", *(f"over {labels[p]}" for p in peers)], rows)
+    lines += ["", "Geometric mean over the layers both ran" + (", per direction" if several else "")
+              + "; *total* weighs each layer by how often it occurs in the network (the `count` in the shapes file)."]
 
     shape_rows = result["shapes"]
-    head = ["layer", "×", "GFLOP", "auto runs"]
-    fixed = lambda row: [row["name"], str(row["count"]), f"{row['flops'] / 1e9:.3g}",  # noqa: E731
+    extra_cols = [(title, key) for title, key, many in (("direction", "direction", directions != ["forward"]),
+                                                        ("N", "n", len(work["batches"]) > 1),
+                                                        ("dtype", "dtype", len(work["dtypes"]) > 1)) if many]
+
+    def column(row: dict[str, Any], key: str) -> str:
+        return str(row.get("direction", "forward") if key == "direction" else row["problem"][key])
+
+    head = ["layer", *(t for t, _ in extra_cols), "×", "GFLOP", "auto runs"]
+    fixed = lambda row: [row["name"], *(column(row, k) for _, k in extra_cols),  # noqa: E731
+                         str(row["count"]), f"{row['flops'] / 1e9:.3g}",
                          f"{row['auto']['strategy']} ({row['auto']['source']})"]
     for title, what in (("Time per layer, ms: median [q1–q3]", "time"),
                         ("GFLOP/s (fraction of the roof)", "gflops"),
@@ -195,9 +268,12 @@ def coretype_markdown(results: dict[str, dict[str, Any] | str]) -> str:
             rows.append([coretype, "–", "–", "–", res])
             continue
         blas = res["machine"].get("blas", {})
-        r = res["roof"][res["settings"]["dtype"]]
-        auto = res["summary"].get("gpuconv:auto", {})
-        ratios = ", ".join(f"{p}: {v['geomean_speedup']:.2f}×" for p, v in auto.items())
+        r = res["roof"]["float32"]
+        summary = summary_by_direction(res)
+        ratios = "; ".join((f"{d}: " if list(summary) != ["forward"] else "")
+                           + ", ".join(f"{p}: {v['geomean_speedup']:.2f}×"
+                                       for p, v in by.get("gpuconv:auto", {}).items())
+                           for d, by in summary.items())
         rows.append([coretype, str(blas.get("architecture", "?")), f"{r['best_gflops']:.1f}", ratios,
                      f"[{stem(res)}.md]({stem(res)}.md)"])
     lines += _table(["OPENBLAS_CORETYPE", "OpenBLAS chose", "sgemm GFLOP/s (best)",
@@ -206,15 +282,20 @@ def coretype_markdown(results: dict[str, dict[str, Any] | str]) -> str:
 
 
 def fmt_summary(result: dict[str, Any]) -> str:
-    """A few lines for the terminal: the roof and gpuconv auto's geometric-mean speedup over each peer."""
-    r = result["roof"][result["settings"]["dtype"]]
+    """A few lines for the terminal: the roofs and, per direction, each gpuconv contender's geometric-mean speedup
+    over each peer."""
     blas = result["machine"].get("blas", {})
-    out = [f"roof: {r['what']} best {r['best_gflops']:.1f} GFLOP/s (OpenBLAS core type "
-           f"{blas.get('architecture', '?')})"]
-    for g, per in result["summary"].items():
-        if per:
-            out.append(f"{g} geomean speedup over " + ", ".join(f"{p} {_x(v['geomean_speedup'])}"
-                                                               for p, v in per.items()))
+    out = []
+    for dtype in workload_of(result)["dtypes"]:
+        r = result["roof"][dtype]
+        out.append(f"roof ({dtype}): {r['what']} best {r['best_gflops']:.1f} GFLOP/s (OpenBLAS core type "
+                   f"{blas.get('architecture', '?')})")
+    summary = summary_by_direction(result)
+    for direction, by_gpuconv in summary.items():
+        for g, per in by_gpuconv.items():
+            if per:
+                out.append((f"{direction}: " if list(summary) != ["forward"] else "") + f"{g} geomean speedup over "
+                           + ", ".join(f"{p} {_x(v['geomean_speedup'])}" for p, v in per.items()))
     tuned = sum(row["auto"]["source"] == "tuned" for row in result["shapes"])
     out.append(f"auto: {tuned} of {len(result['shapes'])} layers tuned, the rest heuristic")
     return "\n".join(out)

@@ -1,8 +1,9 @@
 """Measure: check every contender against the reference once, time the correct ones interleaved, derive figures.
 
 The result is one plain dict (written as JSON by :mod:`benchmarks.report`): the settings and the command,
-the machine, the roofs, per shape each contender's status, timings and figures, the scaling sweep, and the
-summary (geometric-mean speedup of each gpuconv contender over each peer).
+the machine, the roofs, the workload (the batch sizes, dtypes and directions its layers have), per shape its
+direction and each contender's status, timings and figures, the scaling sweep, and the summary per direction
+(geometric-mean speedup of each gpuconv contender over each peer).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from gpuconv import shapes as shapes_mod
-from gpuconv.problem import ConvProblem, make_problem
+from gpuconv.problem import DIRECTIONS, ConvProblem, make_problem
 from gpuconv.reference import run_problem
 
 from . import contenders as contenders_mod
@@ -27,7 +28,8 @@ from . import machine, roof
 from .contenders import Contender, Lineup
 from .timing import TIMERS, Entry, interleaved, plan_repeats, summarize
 
-SCHEMA = 1
+#: 2: ``dtype`` None means "as in the shapes file"; ``workload``; a ``direction`` per shape; summary per direction.
+SCHEMA = 2
 
 
 @dataclass
@@ -37,7 +39,8 @@ class Config:
     shapes: str = "resnet50"
     backend: str = "auto"
     batch: int | None = None
-    dtype: str = "float32"
+    dtype: str | None = None          # None: each layer's own dtype, as the shapes file states it
+    directions: list[str] | None = None  # None: each layer's own direction (forward unless the file says)
     out: Path | None = None
     repeat: int = 15
     warmup: int = 2
@@ -83,12 +86,13 @@ class Config:
 # ---- correctness --------------------------------------------------------------------------
 
 def tolerance(problem: ConvProblem) -> tuple[float, float]:
-    """``(rtol, atol)`` for inputs in [-1, 1): rounding of a length-``reduction`` sum, with headroom.
+    """``(rtol, atol)`` for inputs in [-1, 1): rounding of a sum as long as each result element's
+    (``problem.sum_length``: the forward's dot product, or a gradient's sum), with headroom.
 
     float16 results may be accumulated in float16 by a peer, so they get a bound relative to the
-    typical output size (``sqrt(reduction)``) rather than ulps.
+    typical output size (``sqrt(sum_length)``) rather than ulps.
     """
-    n = problem.reduction + 1
+    n = problem.sum_length + 1
     if problem.dtype == "float16":
         return 2.0**-8, 2.0**-7 * math.sqrt(n)
     eps = float(np.finfo(np.float64 if problem.dtype == "float64" else np.float32).eps)
@@ -114,10 +118,11 @@ def check(actual: np.ndarray, expected: np.ndarray, problem: ConvProblem) -> tup
 # ---- one problem, every contender -----------------------------------------------------------
 
 def random_inputs(problem: ConvProblem, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """x and w in the problem's dtype and user shape, uniform in [-1, 1)."""
+    """The direction's two operands (``x, w``; ``dy, w``; ``x, dy``) in the problem's dtype, uniform in [-1, 1)."""
     rng = np.random.default_rng(seed)
     draw = lambda shape: rng.uniform(-1, 1, shape).astype(problem.dtype)  # noqa: E731
-    return draw(problem.x_shape), draw(problem.w_shape)
+    a, b = problem.operand_shapes
+    return draw(a), draw(b)
 
 
 def measure_problem(problem: ConvProblem, lineup: Sequence[Contender], cfg: Config, settle_s: float = 0.0,
@@ -141,7 +146,7 @@ def measure_problem(problem: ConvProblem, lineup: Sequence[Contender], cfg: Conf
             t0 = time.perf_counter()
             out = thunk()
             first = time.perf_counter() - t0
-            ok, why, max_err = check(np.asarray(c.to_host(out)).reshape(problem.out_shape), expected, problem)
+            ok, why, max_err = check(np.asarray(c.to_host(out)).reshape(problem.result_shape), expected, problem)
         except Exception as e:  # a contender that raises is reported, never fatal
             records[c.name] = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
             continue
@@ -175,8 +180,15 @@ def add_figures(records: dict[str, dict[str, Any]], lineup: Sequence[Contender],
 
 
 def summary(shape_rows: list[dict[str, Any]], lineup: Sequence[Contender]) -> dict[str, Any]:
-    """For each gpuconv contender and each other contender: geometric-mean speedup over the shapes both ran,
-    the count-weighted total-time speedup (the network as a whole), and on how many shapes it won."""
+    """Per direction (in :data:`DIRECTIONS` order, those the shapes have): for each gpuconv contender and each
+    other contender, the geometric-mean speedup over that direction's shapes both ran, the count-weighted
+    total-time speedup (the network as a whole), and on how many shapes it won."""
+    present = {row["direction"] for row in shape_rows}
+    return {d: _summary([row for row in shape_rows if row["direction"] == d], lineup)
+            for d in DIRECTIONS if d in present}
+
+
+def _summary(shape_rows: list[dict[str, Any]], lineup: Sequence[Contender]) -> dict[str, Any]:
     gpu = [c.name for c in lineup if c.family == "gpuconv"]
     others = [c.name for c in lineup if c.family != "gpuconv"]
     out: dict[str, Any] = {}
@@ -206,11 +218,20 @@ def shapes_name(spec: str) -> str:
     return Path(spec).stem
 
 
-def scaling_problems(cfg: Config) -> list[ConvProblem]:
-    """A fixed 3x3, stride 1, 'same' convolution, C = K = ``scaling_channels``, batch 1, growing H = W."""
+def scaling_problems(cfg: Config, dtype: str = "float32") -> list[ConvProblem]:
+    """A fixed 3x3, stride 1, 'same' forward convolution, C = K = ``scaling_channels``, batch 1, growing H = W, in
+    ``cfg.dtype`` when given, else ``dtype``."""
     c = cfg.scaling_channels
-    return [make_problem("conv2d", (1, c, s, s), (c, c, 3, 3), cfg.dtype, False, padding=1)
+    return [make_problem("conv2d", (1, c, s, s), (c, c, 3, 3), cfg.dtype or dtype, False, padding=1)
             for s in cfg.scaling_sizes]
+
+
+def workload(problems: Iterable[ConvProblem]) -> dict[str, list]:
+    """The batch sizes, dtypes and directions ``problems`` have, each sorted (directions in DIRECTIONS order)."""
+    problems = list(problems)
+    return {"batches": sorted({p.n for p in problems}),
+            "dtypes": sorted({p.dtype for p in problems}),
+            "directions": [d for d in DIRECTIONS if any(p.direction == d for p in problems)]}
 
 
 def wait_for_idle(max_s: float, threshold: float = 0.3, poll_s: float = 10.0) -> bool:
@@ -241,12 +262,14 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
     wait_for_idle(cfg.wait_idle_s)
     load_start = os.getloadavg()
     backend = cfg.resolved_backend()
-    loaded = shapes_mod.load(cfg.shapes, batch=cfg.batch, dtype=cfg.dtype)
-    base = contenders_mod.lineup(backend).select(cfg.contenders, cfg.skip)
+    loaded = shapes_mod.load(cfg.shapes, batch=cfg.batch, dtype=cfg.dtype, directions=cfg.directions)
+    work = workload(s.problem for s in loaded)
+    base = contenders_mod.lineup(backend, tuple(work["directions"])).select(cfg.contenders, cfg.skip)
     lineup = Lineup(base.contenders + list(extra), base.missing, base.notes)
     first_roofs = roof.measure(backend, quick=cfg.quick)
     settle = cfg.settle(backend)
-    scaling = scaling_problems(cfg) if cfg.scaling else []
+    sweep_dtype = work["dtypes"][0] if len(work["dtypes"]) == 1 else "float32"
+    scaling = scaling_problems(cfg, sweep_dtype) if cfg.scaling else []
 
     bar = _Progress(cfg.progress, len(loaded) + len(scaling))
     rows = []
@@ -254,8 +277,9 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
         p = shape.problem
         bar.problem(shape.name)
         strategy, source = contenders_mod.auto_plan(p, backend)
-        rows.append({"name": shape.name, "count": shape.count, "load_1min": os.getloadavg()[0],
-                     "problem": p.to_dict(), "flops": p.flops, "auto": {"strategy": strategy, "source": source},
+        rows.append({"name": shape.name, "direction": p.direction, "count": shape.count,
+                     "load_1min": os.getloadavg()[0], "problem": p.to_dict(), "flops": p.flops,
+                     "auto": {"strategy": strategy, "source": source},
                      "results": measure_problem(p, lineup.contenders, cfg, settle, bar.step)})
         bar.advance()
     sweep = []
@@ -269,13 +293,13 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
     bar.close()
 
     # The roof is measured before and after, and the better of the two kept: a GEMM that shared the machine
-    # with other work would otherwise understate it.
+    # with other work would otherwise understate it. Each layer is held against the roof of its own dtype.
     roofs = roof.combine(first_roofs, roof.measure(backend, quick=cfg.quick))
     everyone = lineup.contenders + [naive]
     for row in rows:
-        row["best_peer"] = add_figures(row["results"], everyone, roofs[cfg.dtype]["best_gflops"])
+        row["best_peer"] = add_figures(row["results"], everyone, roofs[row["problem"]["dtype"]]["best_gflops"])
     for point in sweep:
-        add_figures(point["results"], everyone, roofs[cfg.dtype]["best_gflops"])
+        add_figures(point["results"], everyone, roofs[point["problem"]["dtype"]]["best_gflops"])
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     settings.update(backend=backend, settle_s=settle, shapes_path=str(shapes_mod.resolve(cfg.shapes)))
@@ -290,9 +314,11 @@ def benchmark(cfg: Config, extra: Iterable[Contender] = ()) -> dict[str, Any]:
                        for c in lineup.contenders],
         "missing": lineup.missing,
         "roof": roofs,
+        "workload": work,
         "shapes": rows,
         "summary": summary(rows, lineup.contenders),
-        "scaling": {"template": f"N=1, C=K={cfg.scaling_channels}, 3x3, stride 1, padding 1, H=W=size",
+        "scaling": {"template": f"forward, N=1, C=K={cfg.scaling_channels}, 3x3, stride 1, padding 1, H=W=size"
+                                + (f", {scaling[0].dtype}" if scaling else ""),
                     "naive_max": cfg.naive_max, "points": sweep},
     }
 

@@ -1,7 +1,9 @@
-"""The benchmark tool runs end to end on a tiny shapes file and flags a wrong contender (no timing assertions)."""
+"""The benchmark tool runs end to end on a tiny shapes file, in every direction, keeps each layer's dtype and batch
+size, and flags a wrong contender (no timing assertions)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root holds ``benchmarks``
 
-from benchmarks import cli, contenders, run  # noqa: E402
+from benchmarks import cli, contenders, plots, report, run  # noqa: E402
 from benchmarks.contenders import Contender  # noqa: E402
-from gpuconv.problem import make_problem  # noqa: E402
+from gpuconv.problem import DIRECTIONS, make_problem  # noqa: E402
 
 TINY = [
     {"name": "conv3x3", "x": [1, 4, 9, 9], "w": [6, 4, 3, 3], "padding": 1, "count": 2},
@@ -52,7 +54,8 @@ def test_cli_writes_table_json_and_plots(tiny_shapes: Path, tmp_path: Path) -> N
         assert auto["status"] == "ok", auto
         assert set(auto["stats"]) == {"median", "q1", "q3", "min", "max", "n"}
         assert auto["gflops"] > 0 and auto["roof_fraction"] > 0
-    assert "numpy" in result["summary"]["gpuconv:auto"]
+    assert list(result["summary"]) == ["forward"] and "numpy" in result["summary"]["forward"]["gpuconv:auto"]
+    assert result["workload"] == {"batches": [1], "dtypes": ["float32"], "directions": ["forward"]}
     assert [p["size"] for p in result["scaling"]["points"]] == [8, 12]
     assert "naive" in result["scaling"]["points"][0]["results"]
     page = (out / f"{stem}.md").read_text()
@@ -62,7 +65,7 @@ def test_cli_writes_table_json_and_plots(tiny_shapes: Path, tmp_path: Path) -> N
 def _broken() -> Contender:
     """Returns zeros: the correctness check must catch it before timing."""
     return Contender("broken", "broken", "peer", "wall",
-                     lambda p, x, w: (lambda: np.zeros(p.out_shape, p.dtype)))
+                     lambda p, a, b: (lambda: np.zeros(p.result_shape, p.dtype)))
 
 
 def test_a_wrong_contender_is_failed_not_timed(tiny_shapes: Path, tmp_path: Path) -> None:
@@ -75,7 +78,7 @@ def test_a_wrong_contender_is_failed_not_timed(tiny_shapes: Path, tmp_path: Path
         assert "values off" in record["error"]
         assert row["results"]["numpy"]["status"] == "ok"
         assert row["best_peer"] == "numpy"
-    assert "broken" not in result["summary"]["gpuconv:auto"]
+    assert "broken" not in result["summary"]["forward"]["gpuconv:auto"]
     paths = cli.write(result, tmp_path, plots=False)
     assert "**failed**" in paths[1].read_text()
 
@@ -141,3 +144,92 @@ def test_interleaved_runs_rounds_grouped_by_pool_and_rewarms_after_a_switch() ->
     assert plan_repeats(10.0, 15, 2, 5.0) == (1, 0)
     assert plan_repeats(1.0, 15, 2, 5.0) == (5, 2)
     assert plan_repeats(0.001, 15, 2, 5.0) == (15, 2)
+
+
+MIXED = [
+    {"name": "f32_b1", "x": [1, 3, 8, 8], "w": [4, 3, 3, 3], "padding": 1},
+    {"name": "f64_b2", "x": [2, 3, 7, 7], "w": [5, 3, 3, 3], "stride": 2, "dtype": "float64"},
+]
+
+
+def test_each_layer_keeps_its_dtype_and_a_mixed_file_is_named_so(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(MIXED))
+    assert cli.config_from(cli.parser().parse_args([]), "").dtype is None
+    assert cli.config_from(cli.parser().parse_args(["--dtype", "float32"]), "").dtype == "float32"
+
+    cfg = run.Config(shapes=str(path), backend="cpu", quick=True, scaling=False, progress=False,
+                     contenders=["gpuconv:auto", "numpy"])
+    result = run.benchmark(cfg)
+    assert [row["problem"]["dtype"] for row in result["shapes"]] == ["float32", "float64"]
+    assert [row["problem"]["n"] for row in result["shapes"]] == [1, 2]
+    for row in result["shapes"]:  # each layer is held against the GEMM roof of its own dtype
+        rec = row["results"]["gpuconv:auto"]
+        roof = result["roof"][row["problem"]["dtype"]]["best_gflops"]
+        assert rec["status"] == "ok" and rec["roof_fraction"] == pytest.approx(rec["gflops"] / roof)
+    assert result["workload"] == {"batches": [1, 2], "dtypes": ["float32", "float64"], "directions": ["forward"]}
+    assert report.stem(result) == "mixed_bmixed_mixed"
+    paths = cli.write(result, tmp_path / "out", plots=False)
+    assert paths[0].name == "mixed_bmixed_mixed.json"
+    title = paths[1].read_text().splitlines()[0]
+    assert "mixed batch sizes 1-2" in title and "mixed dtypes (float32, float64)" in title, title
+    assert "batch 1, " not in title and ", float32, " not in title
+    assert "mixed batch sizes 1-2, mixed dtypes (float32, float64)" in plots._title(result)
+
+    forced = run.benchmark(dataclasses.replace(cfg, dtype="float64", contenders=["gpuconv:auto"]))
+    assert {row["problem"]["dtype"] for row in forced["shapes"]} == {"float64"}
+    assert report.stem(forced) == "mixed_bmixed_float64"
+
+
+def test_stems_and_titles_of_uniform_and_mixed_workloads() -> None:
+    uniform = {"batches": [8], "dtypes": ["float32"], "directions": ["forward"]}
+    assert report.workload_stem("resnet50", uniform, None) == "resnet50_b8_float32"  # unchanged file names
+    assert report.describe(uniform) == "batch 8, float32"
+    grads = {**uniform, "directions": ["input"]}
+    assert report.workload_stem("resnet50", grads, "SKYLAKEX") == "resnet50_b8_float32_input_openblas-skylakex"
+    assert report.describe(grads) == "batch 8, float32, input gradient"
+    every = {**uniform, "directions": list(DIRECTIONS)}
+    assert report.workload_stem("resnet50", every, None) == "resnet50_b8_float32_forward-input-weight"
+    assert report.describe(every) == "batch 8, float32, forward, input and weight gradients"
+
+
+def test_direction_options() -> None:
+    parse = lambda *a: cli.config_from(cli.parser().parse_args(list(a)), "")  # noqa: E731
+    assert parse().directions is None
+    assert parse("--direction", "weight").directions == ["weight"]
+    assert parse("--directions", "all").directions == ["forward", "input", "weight"]
+    assert parse("--directions", "weight,input").directions == ["input", "weight"]
+    with pytest.raises(ValueError, match="--directions: must be 'all' or a list of forward, input, weight"):
+        parse("--directions", "backward")
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--direction", "input", "--directions", "all"])
+
+
+def test_every_direction_against_the_peers_own_backward(tiny_shapes: Path, tmp_path: Path) -> None:
+    cfg = run.Config(shapes=str(tiny_shapes), backend="cpu", quick=True, scaling=False, progress=False,
+                     directions=list(DIRECTIONS), skip=["gpuconv:fft", "gpuconv:winograd", "gpuconv:depthwise"])
+    result = run.benchmark(cfg, extra=[_broken()])
+    names = [row["name"] for row in result["shapes"]]
+    assert names[:3] == ["conv3x3", "conv3x3:input", "conv3x3:weight"] and len(names) == 3 * len(TINY)
+    assert list(result["summary"]) == list(DIRECTIONS)
+    for row in result["shapes"]:
+        d, res = row["direction"], row["results"]
+        assert d == row["problem"]["direction"] and row["name"].endswith("" if d == "forward" else f":{d}")
+        assert res["broken"]["status"] == "failed", (row["name"], res["broken"])
+        assert res["gpuconv:auto"]["status"] == "ok" and res["jax"]["status"] == "ok", row["name"]
+        for name, rec in res.items():  # every contender that runs a problem computes it right
+            assert rec["status"] in ("ok", "unsupported") or name == "broken", (row["name"], name, rec)
+        if d != "forward":
+            assert res["numpy"]["status"] == "unsupported"
+            symmetric = row["name"].split(":")[0] != "conv1d_same"  # torch.nn.grad takes symmetric padding only
+            assert res["torch"]["status"] == ("ok" if symmetric else "unsupported"), row["name"]
+            table = {"input": ("col2im", "direct"), "weight": ("im2col", "direct")}[d]
+            assert row["auto"]["strategy"] in table
+            assert res["gpuconv:col2im"]["status"] == ("ok" if d == "input" else "unsupported")
+    for d in ("input", "weight"):
+        assert {"jax", "torch"} <= set(result["summary"][d]["gpuconv:auto"])
+        assert "numpy" not in result["summary"][d]["gpuconv:auto"]
+    assert report.stem(result) == "tiny_b1_float32_forward-input-weight"
+    page = cli.write(result, tmp_path, plots=False)[1].read_text()
+    assert "| direction | speedup of |" in page and "| conv3x3:weight | weight |" in page
+    assert "input: gpuconv:auto geomean speedup over" in report.fmt_summary(result)
