@@ -1,8 +1,8 @@
-"""The Winograd F(2x2, 3x3) CPU strategy on the shapes where its tiling can go wrong.
+"""The Winograd F(2x2, 3x3) and F(4x4, 3x3) CPU strategies on the shapes where their tiling can go wrong.
 
-``tests/test_cpu.py`` already runs it over the shared CASES it supports; these add odd output sizes (the
-cropped last tile row/column), every padding, asymmetric padding, groups, batches, strided inputs,
-non-finite values and wide reductions.
+``tests/test_cpu.py`` already runs every variant over the shared CASES it supports; these add odd output
+sizes (the cropped last tile row/column), every padding, asymmetric padding, groups, batches, strided
+inputs, non-finite values, wide reductions, F(4x4)'s chunks of tiles and its memoized filter transform.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from helpers import Case, assert_matches, random_inputs
 
 import gpuconv
 from gpuconv import cpu, reference
-from gpuconv.cpu import winograd
+from gpuconv.cpu import winograd, winograd_gemm
 from gpuconv.problem import make_problem
 from gpuconv.strategy import Plan
 
@@ -25,7 +25,8 @@ try:
 except ImportError:  # pragma: no cover - torch is an optional peer
     torch = None
 
-PLAN = Plan("winograd", {}, "forced")
+PLAN = Plan("winograd", {"tile": 2, "chunk": 1}, "forced")
+PLAN4 = Plan("winograd", {"tile": 4, "chunk": 1}, "forced")
 
 CASES = [
     Case((1, 4, 9, 7), (5, 4, 3, 3), padding=1),                    # odd P and Q: last tile row/column cropped
@@ -157,6 +158,167 @@ def test_nonfinite_placement_matches_torch(value: float, where: str) -> None:
     target = x if where == "x" else w
     target[(1, 2, 4, 5) if where == "x" else (1, 2, 0, 2)] = value
     out, expected = _run(problem, x, w, b), _torch(case, x, w, b)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(test(out), test(expected)), f"{test.__name__} positions differ"
+    assert np.isfinite(out).any()
+    assert_matches(out, expected, problem)
+
+
+# ---- F(4x4, 3x3) -------------------------------------------------------------------------------------------
+
+#: F(4x4) needs winograd.F4_MIN_CHANNELS input channels per group; every P, Q modulo 4 and every padding.
+CASES4 = [
+    Case((1, 16, 9, 7), (5, 16, 3, 3), padding=1),                  # P % 4 == 1, Q % 4 == 3
+    Case((1, 16, 8, 8), (4, 16, 3, 3)),                             # padding 0, P = Q = 6
+    Case((1, 16, 12, 12), (4, 16, 3, 3), padding=1),                # whole tiles only
+    Case((1, 20, 6, 11), (3, 20, 3, 3), padding=2),                 # padding 2 (P = H + 2)
+    Case((1, 16, 7, 6), (2, 16, 3, 3), padding=(0, 2)),             # different vertical and horizontal padding
+    Case((1, 16, 3, 3), (2, 16, 3, 3)),                             # one output, one tile
+    Case((1, 16, 3, 10), (3, 16, 3, 3), padding=(0, 1)),            # a single output row
+    Case((3, 16, 9, 8), (4, 16, 3, 3), padding=1),                  # batch > 1
+    Case((2, 32, 7, 7), (8, 16, 3, 3), groups=2, padding=1),        # groups
+    Case((2, 48, 6, 9), (6, 16, 3, 3), groups=3, padding=1),        # groups, K/G != C/G
+    Case((2, 32, 14, 14), (64, 32, 3, 3), padding=1, bias=False),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("case", CASES4, ids=_ids)
+def test_f4x4_matches_reference(case: Case, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = case.problem(dtype)
+    assert cpu.STRATEGIES["winograd"].valid(PLAN4.params, problem)
+    monkeypatch.setattr(winograd._im2col, "im2col", _no_fallback)
+    x, w, b = random_inputs(case, dtype)
+    expected = getattr(reference, case.fn)(x, w, b, **case.kwargs)
+    out = cpu.execute(problem, PLAN4, x, w, b)
+    assert out.flags.c_contiguous
+    assert_matches(out, expected, problem)
+
+
+def _no_fallback(*args: object) -> None:
+    raise AssertionError("finite inputs fell back to im2col")
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_transforms_compute_a_correlation(m: int) -> None:
+    """``At [(G g) * (Bt d)]`` is the 1-d correlation of ``d`` (m + 2 values) with ``g`` (3 taps), exactly in
+    float64 up to rounding: a wrong matrix entry fails by O(1)."""
+    t = winograd_gemm.TRANSFORMS[m]
+    rng = np.random.default_rng(m)
+    d, g = rng.uniform(-1, 1, m + 2), rng.uniform(-1, 1, 3)
+    expected = np.array([d[i:i + 3] @ g for i in range(m)])
+    np.testing.assert_allclose(t.at @ ((t.g @ g) * (t.bt @ d)), expected, rtol=0, atol=1e-13)
+
+
+def test_f4x4_needs_enough_channels() -> None:
+    s = cpu.STRATEGIES["winograd"]
+    few = Case((1, winograd.F4_MIN_CHANNELS - 1, 8, 8), (4, winograd.F4_MIN_CHANNELS - 1, 3, 3)).problem()
+    enough = Case((1, 2 * winograd.F4_MIN_CHANNELS, 8, 8), (4, winograd.F4_MIN_CHANNELS, 3, 3), groups=2).problem()
+    assert not s.valid(PLAN4.params, few) and s.valid(PLAN.params, few)
+    assert s.valid(PLAN4.params, enough)
+    assert winograd.heuristic_params(few)["tile"] == 2
+    assert not s.valid({"tile": 2, "chunk": 4}, few)   # F(2x2) is not chunked: one variant only
+
+
+@pytest.mark.parametrize("budget,chunks", [(1, 2 * 4), (None, 2)])
+def test_f4x4_chunks(budget: int | None, chunks: int) -> None:
+    """A budget below one tile row gives one row of tiles per chunk; one image's worth, one image per chunk."""
+    case = Case((2, 16, 15, 13), (8, 16, 3, 3), padding=1)          # 4 x 4 tiles per image, the last cropped
+    problem = case.problem("float32")
+    if budget is None:
+        budget = winograd_gemm.scratch_bytes(problem, 4) // 2
+    th, tw = winograd_gemm.tiles(problem, 4)
+    assert len(winograd_gemm._chunks(problem.n, th, tw, winograd_gemm.chunk_tiles(problem, 4, budget))) == chunks
+    x, w, b = random_inputs(case, "float32")
+    out = winograd_gemm.winograd(problem, x, w, 4, budget)
+    assert_matches(out, reference.conv2d(x, w, None, **case.kwargs), problem)
+
+
+@pytest.mark.parametrize("c", [256, 512])
+def test_f4x4_wide_reductions_stay_within_tolerance(c: int) -> None:
+    case = Case((1, c, 10, 9), (8, c, 3, 3), padding=1)
+    problem = case.problem("float32")
+    x, w, b = random_inputs(case, "float32")
+    expected = reference.run_problem(case.problem("float64"), x.astype(np.float64), w.astype(np.float64),
+                                     b.astype(np.float64)).astype(np.float32)
+    assert_matches(cpu.execute(problem, PLAN4, x, w, b), expected, problem)
+
+
+# ---- the memoized filter transform ---------------------------------------------------------------------------
+
+def _bump_one_ulp(w: np.ndarray) -> None:
+    w[1, 2, 0, 1] = np.nextafter(w[1, 2, 0, 1], np.inf)
+
+
+@pytest.mark.parametrize("change", ["assign", "one_ulp", "negate_zero"])
+@pytest.mark.parametrize("plan", [PLAN, PLAN4], ids=["f2x2", "f4x4"])
+def test_memo_is_never_stale(plan: Plan, change: str) -> None:
+    """An in-place change of the weights, however small, gives the new weights' result."""
+    case = Case((1, 16, 8, 8), (4, 16, 3, 3), padding=1)
+    problem = case.problem("float64")
+    x, w, b = random_inputs(case, "float64")
+    run = cpu.prepare(problem, plan)
+    run(x, w, b)
+    if change == "assign":
+        w[0] *= 2
+    elif change == "one_ulp":
+        _bump_one_ulp(w)
+    else:
+        w[2, 3, 1, 1] = 0.0
+        run(x, w, b)
+        w[2, 3, 1, 1] = -0.0   # equal as a number, a different bit pattern: recomputed, same result
+    expected = reference.conv2d(x, w, b, **case.kwargs)
+    out = run(x, w, b)
+    assert_matches(out, expected, problem)
+    if change == "one_ulp":  # the change is far below the tolerance: compare with a fresh runner exactly
+        assert np.array_equal(out, cpu.prepare(problem, plan)(x, w, b))
+
+
+def test_memo_survives_the_public_hot_path() -> None:
+    """The memoized runner of ``gpuconv.conv2d`` sees in-place updates of the same weight array."""
+    case = Case((1, 16, 8, 8), (4, 16, 3, 3), padding=1)
+    x, w, b = random_inputs(case, "float32")
+    first = gpuconv.conv2d(x, w, b, padding=1, strategy="winograd")
+    w += 0.5
+    second = gpuconv.conv2d(x, w, b, padding=1, strategy="winograd")
+    assert not np.allclose(first, second)
+    assert_matches(second, reference.conv2d(x, w, b, padding=1), case.problem("float32"))
+
+
+@pytest.mark.parametrize("plan", [PLAN, PLAN4], ids=["f2x2", "f4x4"])
+def test_memo_transforms_unchanged_weights_once(plan: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    memo_init = winograd_gemm.FilterMemo.__init__
+
+    def counting_init(self, problem, m, transform=None):  # type: ignore[no-untyped-def]
+        memo_init(self, problem, m, transform)
+        inner = self.transform
+        self.transform = lambda p, w: calls.append(1) or inner(p, w)
+
+    monkeypatch.setattr(winograd_gemm.FilterMemo, "__init__", counting_init)
+    case = Case((1, 16, 8, 8), (4, 16, 3, 3), padding=1)
+    problem = case.problem("float32")
+    x, w, b = random_inputs(case, "float32")
+    run = cpu.prepare(problem, plan)
+    for _ in range(3):
+        run(x, w, b)
+    run(x, np.array(w), b)    # another array with the same values
+    assert len(calls) == 1
+    w[0, 0, 0, 0] += 1
+    assert_matches(run(x, w, b), reference.conv2d(x, w, b, padding=1), problem)
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(torch is None, reason="needs PyTorch")
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["x", "w"])
+def test_f4x4_nonfinite_placement_matches_torch(value: float, where: str) -> None:
+    case = Case((2, 16, 11, 10), (3, 16, 3, 3))
+    problem = case.problem("float32")
+    x, w, b = random_inputs(case, "float32")
+    target = x if where == "x" else w
+    target[(1, 2, 4, 5) if where == "x" else (1, 2, 0, 2)] = value
+    out, expected = cpu.execute(problem, PLAN4, x, w, b), _torch(case, x, w, b)
     for test in (np.isnan, np.isposinf, np.isneginf):
         assert np.array_equal(test(out), test(expected)), f"{test.__name__} positions differ"
     assert np.isfinite(out).any()

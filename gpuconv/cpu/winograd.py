@@ -1,6 +1,15 @@
-"""Winograd F(2x2, 3x3): 3x3 stride-1 convolutions with 2.25x fewer multiplies than im2col.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3): 3x3 stride-1 convolutions with 2.25x and 4x fewer multiplies.
 
-The padded input is cut into 4x4 tiles with step 2 (each yields a 2x2 block of output); per tile
+The tunable ``tile`` picks the output tile: ``2`` runs F(2x2) below, ``4`` runs F(4x4) with every stage a
+BLAS call (:mod:`gpuconv.cpu.winograd_gemm`), in chunks of at most ``chunk`` MiB of scratch. F(4x4)'s
+float32 error is several times F(2x2)'s and its ratio to the tolerance (linear in the reduction length) is
+largest with few channels: it is only offered with at least :data:`F4_MIN_CHANNELS` input channels per group
+(:func:`f4_accurate`), where the measured error stays under half the tolerance.
+
+:func:`prepare` keeps the filter transform of the last weights it saw (:class:`~gpuconv.cpu.winograd_gemm.FilterMemo`,
+compared bit for bit on every call), so inference with fixed weights transforms them once.
+
+F(2x2): the padded input is cut into 4x4 tiles with step 2 (each yields a 2x2 block of output); per tile
 ``V = Bt d B``, per filter ``U = G g Gt``, then every one of the 16 transform positions is a GEMM
 ``V[pos] (N*tiles x C/G) @ U[pos] (C/G x K/G)`` -- one batched ``np.matmul`` over (position, group) --
 and ``Y = At M A`` gives the output. The transforms only hold 0, +-1 and +-1/2: the tile transforms are
@@ -31,11 +40,23 @@ exactly as PyTorch does (finite inputs take that path only if the transformed va
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..problem import ConvProblem
+from ..strategy import Params
 from . import _scratch
 from . import im2col as _im2col
+from . import winograd_gemm as _gemm
+
+#: The tuning space: the output tile and, for F(4x4), the scratch budget of one chunk of tiles in MiB.
+SPACE = {"tile": (2, 4), "chunk": (1, 4, 16)}
+DEFAULTS = {"tile": 2, "chunk": 1}
+
+# Below this many input channels per group F(4x4)'s float32 error exceeds half the tolerance somewhere on
+# the measured grid (``python -m benchmarks.winograd_error``; the ratio is the same in float64).
+F4_MIN_CHANNELS = 16
 
 _ORDER = (0, 3, 1, 2)  # the transform position stored at each index of a tile axis
 
@@ -54,22 +75,60 @@ def supports(problem: ConvProblem) -> bool:
             and problem.cg > 1)
 
 
-def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Convolve by Winograd F(2x2, 3x3).
+def f4_accurate(params: Params, problem: ConvProblem | None) -> bool:
+    """F(4x4) only where its error stays well within the tolerance (see :data:`F4_MIN_CHANNELS`)."""
+    return params["tile"] != 4 or problem is None or problem.cg >= F4_MIN_CHANNELS
+
+
+def chunk_matters(params: Params, problem: ConvProblem | None) -> bool:
+    """One chunk size for F(2x2), which is not chunked. (F(4x4) keeps every size even where a smaller one
+    already holds all tiles: the duplicates are cheap, and each variant stays testable on small problems.)"""
+    return params["tile"] == 4 or params["chunk"] == SPACE["chunk"][0]
+
+
+CONSTRAINTS = (f4_accurate, chunk_matters)
+
+
+def heuristic_params(problem: ConvProblem) -> dict[str, int]:
+    """The tile and chunk used without tuning: F(4x4) wherever it is accurate enough."""
+    params = {"tile": 4, "chunk": 1}
+    return params if f4_accurate(params, problem) else dict(DEFAULTS)
+
+
+def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, tile: int = 2, chunk: int = 1) -> np.ndarray:
+    """Convolve by Winograd F(tile x tile, 3x3).
 
     Args:
         problem: the validated problem (see :func:`supports`).
         x: ``(N, C, H, W)`` in the compute dtype (float32 or float64), any strides.
         w: ``(K, C/G, 3, 3)`` in the compute dtype, any strides.
+        tile: 2 or 4, the output tile.
+        chunk: F(4x4)'s scratch budget per chunk of tiles, in MiB.
 
     Returns:
         ``(N, K, P, Q)`` in the compute dtype, C-contiguous.
     """
+    u = _filter_transform(problem, w) if tile == 2 else _gemm.filter_transform(problem, w, tile)
+    return _run(problem, x, w, u, tile, chunk)
+
+
+def prepare(problem: ConvProblem, tile: int = 2, chunk: int = 1) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A runner ``(x, w) -> y`` of :func:`winograd` that transforms the filters once while ``w`` is unchanged."""
+    memo = _gemm.FilterMemo(problem, tile, _filter_transform if tile == 2 else None)
+    return lambda x, w: _run(problem, x, w, memo(w), tile, chunk)
+
+
+def _run(problem: ConvProblem, x: np.ndarray, w: np.ndarray, u: np.ndarray, tile: int, chunk: int) -> np.ndarray:
+    y = _f2x2(problem, x, u) if tile == 2 else _gemm.winograd(problem, x, w, tile, chunk * 2**20, u)
+    return _im2col.im2col(problem, x, w) if y is None else y
+
+
+def _f2x2(problem: ConvProblem, x: np.ndarray, u: np.ndarray) -> np.ndarray | None:
+    """F(2x2, 3x3) with the filter transform ``u`` (:func:`_filter_transform`); None when the result is not finite."""
     n, k, g, cg, kg = problem.n, problem.k, problem.groups, problem.cg, problem.kg
     th, tw = (problem.p + 1) // 2, (problem.q + 1) // 2
     rows = n * th * tw
     v = _input_transform(problem, x, th, tw).reshape(rows, 16, g, cg)
-    u = _filter_transform(problem, w)                                         # 16, G, C/G, K/G
     m = _scratch.empty("winograd_m", (16, rows, k), x.dtype)
     # Per position and group: (N*TH*TW x C/G) @ (C/G x K/G), operands and result read/written in place.
     np.matmul(v.transpose(1, 2, 0, 3), u, out=m.reshape(16, rows, g, kg).transpose(0, 2, 1, 3))
@@ -78,7 +137,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     yt = _scratch.empty("winograd_y", (n, th, 2, tw, 2, k + 16), x.dtype)[..., :k]   # N, 2*TH, 2*TW, K
     _output_transform(m.reshape(4, 4, n, th, tw, k), yt)
     if not np.isfinite(yt.sum()):
-        return _im2col.im2col(problem, x, w)
+        return None
     y = np.empty(problem.out_shape4, x.dtype)
     np.copyto(y, yt.reshape(n, 2 * th, 2 * tw, k)[:, :problem.p, :problem.q].transpose(0, 3, 1, 2))
     return y
@@ -132,16 +191,15 @@ def _pair_transform(pairs: np.ndarray, out: np.ndarray, axis: int) -> None:
 
 
 def _filter_transform(problem: ConvProblem, w: np.ndarray) -> np.ndarray:
-    """``U = G g Gt`` for every filter, as a ``(16, G, C/G, K/G)`` view: each position's GEMM operand, per group.
+    """``U = G g Gt`` for every filter, as a fresh ``(16, G, C/G, K/G)`` view: each position's GEMM operand, per group.
 
     Computed as ``(16, K * C/G)`` from the taps of ``w`` in their own order (a transposed operand that BLAS
     reads in place) and returned transposed, which BLAS also takes as it is; gathering ``w`` into
     ``(9, G, C/G, K/G)`` first would cost several times the product on large layers.
     """
     g, cg, kg = problem.groups, problem.cg, problem.kg
-    u = _scratch.empty("winograd_u", (16, g, kg, cg), w.dtype)
-    np.matmul(_KRON[w.dtype], w.reshape(-1, 9).T, out=u.reshape(16, -1))
-    return u.transpose(0, 1, 3, 2)
+    u = np.matmul(_KRON[w.dtype], w.reshape(-1, 9).T)
+    return u.reshape(16, g, kg, cg).transpose(0, 1, 3, 2)
 
 
 def _output_transform(m: np.ndarray, yt: np.ndarray) -> None:

@@ -1,0 +1,74 @@
+"""How far Winograd F(2x2) and F(4x4) are from the exact result, against im2col, as a fraction of the tolerance.
+
+``python -m benchmarks.winograd_error`` computes every 3x3 stride-1 problem of a grid (input channels per
+group x image size x batch) in float32 (and ``--dtype float64``) with im2col, F(2x2) and F(4x4), on inputs
+uniform in [-1, 1), and compares each with the float64 result of the same rounded inputs. It prints, per
+channel count, the largest error in units of the compute dtype's epsilon and as a fraction of
+:func:`gpuconv.measure.tolerance` (the number the tests and the tuner's check compare with 1), and writes
+the table as JSON with ``--out``. ``gpuconv.cpu.winograd.F4_MIN_CHANNELS`` comes from this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+from gpuconv import reference
+from gpuconv.cpu import winograd
+from gpuconv.cpu.im2col import im2col
+from gpuconv.measure import tolerance
+from gpuconv.problem import make_problem
+
+CHANNELS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 512)
+IMAGES = ((1, 14), (1, 30), (4, 56))  # (batch, height = width)
+
+
+def measure(cg: int, n: int, hw: int, dtype: str, k: int = 16, groups: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Errors of im2col, F(2x2) and F(4x4) on one problem, padding 1."""
+    problem = make_problem("conv2d", (n, cg * groups, hw, hw), (k, cg, 3, 3), dtype, False, padding=1,
+                           groups=groups)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, cg * groups, hw, hw)).astype(dtype)
+    w = rng.uniform(-1, 1, (k, cg, 3, 3)).astype(dtype)
+    exact = reference.run_problem(make_problem("conv2d", x.shape, w.shape, "float64", False, padding=1,
+                                               groups=groups), x.astype(np.float64), w.astype(np.float64))
+    rtol, atol = tolerance(problem)
+    eps = float(np.finfo(dtype).eps)
+    row: dict[str, Any] = {"cg": cg, "n": n, "hw": hw, "k": k, "groups": groups, "outputs": int(exact.size)}
+    runs = {"im2col": lambda: im2col(problem, x, w), "f2x2": lambda: winograd.winograd(problem, x, w, tile=2),
+            "f4x4": lambda: winograd.winograd(problem, x, w, tile=4)}
+    for name, run in runs.items():
+        err = np.abs(run().astype(np.float64) - exact)
+        row[name] = {"max_eps": float(err.max() / eps), "of_tolerance": float((err / (atol + rtol * np.abs(exact))).max())}
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.winograd_error", description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--channels", type=int, nargs="*", default=list(CHANNELS))
+    parser.add_argument("--out", help="write the table as JSON here")
+    args = parser.parse_args(argv)
+    rows = []
+    print(f"{args.dtype}: largest error, in eps and as a fraction of the tolerance (worst over images {IMAGES})")
+    print(f"{'C/G':>5} {'im2col':>18} {'F(2x2)':>18} {'F(4x4)':>18}")
+    for cg in args.channels:
+        got = [measure(cg, n, hw, args.dtype) for n, hw in IMAGES if cg * n * hw * hw <= 2**22]
+        rows += got
+        cells = []
+        for name in ("im2col", "f2x2", "f4x4"):
+            e = max(r[name]["max_eps"] for r in got)
+            f = max(r[name]["of_tolerance"] for r in got)
+            cells.append(f"{e:8.0f} eps {f:5.3f}")
+        print(f"{cg:>5} " + " ".join(f"{c:>18}" for c in cells), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"dtype": args.dtype, "images": IMAGES, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

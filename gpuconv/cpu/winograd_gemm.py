@@ -1,0 +1,226 @@
+"""Winograd F(m x m, 3x3) with every stage a BLAS call on strided views (m = 4, and m = 2 for comparison).
+
+Per chunk of ``T`` tiles (``a = m + 2``; ``a x a`` input tiles at step ``m``, each giving ``m x m`` outputs):
+
+1. **gather**: one strided copy of the channels-last padded input into ``d`` ``(a, a, T, C)``, tile position
+   major, so that each transform stage below is one GEMM over all tiles and channels at once;
+2. **input transform** ``V = Bt d B``: ``Bt (a x a) @ d.reshape(a, a T C)``, then ``Bt @`` each of the ``a``
+   row-transformed slabs ``(a, T C)``: ``V (a*a, T, C)``, every position a contiguous ``T x C`` matrix;
+3. **the products**: per position and group, ``V[pos] (T x C/G) @ U[pos] (C/G x K/G)`` -- ``a*a*G`` GEMMs
+   of one batched ``np.matmul``, the bulk of the work (``a*a / m*m`` multiplications per output instead of 9);
+4. **output transform** ``Y = At M A``: two GEMMs like the input's, ``At`` being ``m x a``;
+5. one strided copy per output position into the NCHW result, cropping the partial tiles of the last row
+   and column.
+
+Each GEMM is threaded by BLAS; the gather, the NCHW copies and the channels-last copy of the input are the
+only single-threaded passes. Scratch buffers are reused across stages (``d`` then ``V`` then ``Y``; the
+first stage's output then the output transform's), so a chunk holds ``a*a*T*(2C + K)`` values:
+:func:`chunk_tiles` sizes ``T`` from a byte budget.
+
+The filter transform ``U = G g Gt`` is one GEMM ``kron(G, G) (a*a x 9) @ w (9 x K*C/G)``;
+:class:`FilterMemo` keeps it for repeated calls with unchanged weights.
+
+**Accuracy.** The points are ``0, 1, -1, 1/2, -2`` and infinity (Barabasz et al., "Error analysis and
+improving the accuracy of Winograd convolution for deep neural networks", 2020): ``Bt`` and ``At`` hold only
+binary fractions, ``G`` holds thirds and fifteenths. On 26x26 float32 inputs uniform in [-1, 1) its largest
+error is 0.2-0.3 of :func:`gpuconv.measure.tolerance` from 16 input channels per group on (Lavin's
+``0, +-1, +-2`` points: 0.55-0.6), but 0.6-0.8 with 2-4 channels, where the tolerance, linear in the
+reduction length, is smallest; ``benchmarks/winograd_error.py`` measures it. F(2x2) stays at 0.02-0.1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..problem import ConvProblem
+from . import _scratch
+
+
+class Transforms(NamedTuple):
+    """The matrices of F(m x m, 3x3) in float64: ``bt (a, a)``, ``g (a, 3)``, ``at (m, a)``, ``a = m + 2``."""
+
+    bt: np.ndarray
+    g: np.ndarray
+    at: np.ndarray
+
+
+TRANSFORMS: dict[int, Transforms] = {
+    2: Transforms(  # points 0, 1, -1, infinity (Lavin and Gray)
+        bt=np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float),
+        g=np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+        at=np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float)),
+    4: Transforms(  # points 0, 1, -1, 1/2, -2, infinity (see the module docstring)
+        bt=np.array([[1, -1.5, -2, 1.5, 1, 0], [0, -1, 0.5, 2.5, 1, 0], [0, 1, -2.5, 0.5, 1, 0],
+                     [0, -2, -1, 2, 1, 0], [0, 0.5, -1, -0.5, 1, 0], [0, 1, -1.5, -2, 1.5, 1]]),
+        g=np.array([[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, -1 / 3], [-16 / 15, -8 / 15, -4 / 15],
+                    [1 / 15, -2 / 15, 4 / 15], [0, 0, 1]]),
+        at=np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 0.5, -2, 0], [0, 1, 1, 0.25, 4, 0], [0, 1, -1, 0.125, -8, 1]])),
+}
+
+
+def _cast(m: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = TRANSFORMS[m]
+    # G is rounded after the Kronecker product: one rounding per entry of kron(G, G).
+    return t.bt.astype(dtype), np.kron(t.g, t.g).astype(dtype), t.at.astype(dtype)
+
+
+_MATRICES = {(m, np.dtype(d)): _cast(m, np.dtype(d)) for m in TRANSFORMS for d in (np.float32, np.float64)}
+
+
+def tiles(problem: ConvProblem, m: int) -> tuple[int, int]:
+    """``(TH, TW)``: tile rows and columns covering the ``P x Q`` output."""
+    return -(-problem.p // m), -(-problem.q // m)
+
+
+def chunk_tiles(problem: ConvProblem, m: int, budget_bytes: int) -> int:
+    """How many tiles one chunk takes so that its scratch (``a*a*T*(2C + K)`` values) fits ``budget_bytes``;
+    at least one row of tiles, so every chunk is a strided view of the input."""
+    a = m + 2
+    per_tile = a * a * (2 * problem.c + problem.k) * _itemsize(problem)
+    return max(tiles(problem, m)[1], budget_bytes // per_tile)
+
+
+def _itemsize(problem: ConvProblem) -> int:
+    return max(np.dtype(problem.dtype).itemsize, 4)  # float16 is computed in float32
+
+
+def filter_transform(problem: ConvProblem, w: np.ndarray, m: int) -> np.ndarray:
+    """``U = G g Gt`` of every filter as a fresh ``(a*a, G, C/G, K/G)`` view (a transposed operand BLAS reads
+    in place), computed as ``kron(G, G) @ w`` from the taps of ``w`` in their own order."""
+    a, g, cg, kg = m + 2, problem.groups, problem.cg, problem.kg
+    kron = _MATRICES[m, w.dtype][1]
+    u = np.matmul(kron, w.reshape(-1, 9).T)                                   # a*a, K*C/G
+    return u.reshape(a * a, g, kg, cg).transpose(0, 1, 3, 2)
+
+
+class FilterMemo:
+    """The filter transform of the last weights seen, reused while they are unchanged.
+
+    ``transform(problem, w)`` computes it (by default F(m x m)'s :func:`filter_transform`) as a fresh array.
+
+    Weights are compared bit for bit with a private copy on every call: arrays carry no version counter,
+    and an in-place update (an optimizer step, ``w[...] = ...``) keeps the same object. The comparison reads
+    ``9 K C/G`` values twice; the transform it saves writes ``a*a K C/G`` (4x as many for F(4x4)).
+    """
+
+    MAX_BYTES = 256 * 2**20  # weights whose transform is larger are transformed on every call
+
+    def __init__(self, problem: ConvProblem, m: int,
+                 transform: Callable[[ConvProblem, np.ndarray], np.ndarray] | None = None) -> None:
+        self.problem, self.m = problem, m
+        self.transform = transform or (lambda problem, w: filter_transform(problem, w, m))
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        last = self._last  # one read: another thread may replace it meanwhile
+        if last is not None and last[0].dtype == w.dtype and _same_bits(last[0], w):
+            return last[1]
+        u = self.transform(self.problem, w)
+        if u.nbytes <= self.MAX_BYTES:
+            self._last = (np.array(w, order="C"), u)
+        return u
+
+
+def _same_bits(saved: np.ndarray, w: np.ndarray) -> bool:
+    bits = np.dtype(f"u{w.dtype.itemsize}")
+    return np.array_equal(saved.view(bits), np.ascontiguousarray(w).view(bits))
+
+
+def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, m: int, budget_bytes: int,
+             u: np.ndarray | None = None) -> np.ndarray | None:
+    """Convolve by F(m x m, 3x3) in chunks of at most ``budget_bytes`` of scratch.
+
+    Args:
+        problem: a 3x3, stride-1, undilated problem.
+        x: ``(N, C, H, W)`` in the compute dtype, any strides.
+        w: ``(K, C/G, 3, 3)`` in the compute dtype, any strides.
+        m: the output tile (a key of :data:`TRANSFORMS`).
+        budget_bytes: the scratch one chunk may hold (see :func:`chunk_tiles`).
+        u: the filter transform of ``w`` when already known (:class:`FilterMemo`).
+
+    Returns:
+        ``(N, K, P, Q)`` C-contiguous, or None when a chunk's result is not finite (the caller recomputes
+        with a strategy that places NaN and Inf as direct convolution does).
+    """
+    n, c, k, g, cg, kg = problem.n, problem.c, problem.k, problem.groups, problem.cg, problem.kg
+    a = m + 2
+    th, tw = tiles(problem, m)
+    bt, _, at = _MATRICES[m, x.dtype]
+    if u is None:
+        u = filter_transform(problem, w, m)
+    xp = _padded_channels_last(problem, x, m * th + 2, m * tw + 2)
+    sn, sh, sw, sc = xp.strides
+    y = np.empty(problem.out_shape4, x.dtype)
+    per_chunk = chunk_tiles(problem, m, budget_bytes)
+    for n0, n1, t0, t1 in _chunks(n, th, tw, per_chunk):
+        nb, tb = n1 - n0, t1 - t0
+        t = nb * tb * tw
+        # d, V and Y share one buffer, the first stage's output and the output transform's another.
+        buf1 = _scratch.empty("wgemm_1", (a * a * t * max(c, k),), x.dtype)
+        buf2 = _scratch.empty("wgemm_2", (a * t * max(a * c, m * k),), x.dtype)
+        d = buf1[:a * a * t * c].reshape(a, a, nb, tb, tw, c)
+        tiles_view = as_strided(xp[n0:, m * t0:], (a, a, nb, tb, tw, c), (sh, sw, sn, m * sh, m * sw, sc))
+        np.copyto(d, tiles_view)
+        rows = buf2[:a * a * t * c].reshape(a, a * t * c)
+        np.matmul(bt, d.reshape(a, -1), out=rows)                               # Bt d, along tile rows
+        v = d.reshape(a, a, t * c)
+        np.matmul(bt, rows.reshape(a, a, t * c), out=v)                         # (Bt d) B, along columns
+        mm = _scratch.empty("wgemm_m", (a * a, t, k), x.dtype)
+        np.matmul(v.reshape(a * a, t, g, cg).transpose(0, 2, 1, 3), u,
+                  out=mm.reshape(a * a, t, g, kg).transpose(0, 2, 1, 3))
+        s = buf2[:m * a * t * k].reshape(m, a * t * k)
+        np.matmul(at, mm.reshape(a, -1), out=s)                                 # At M
+        yt = buf1[:m * m * t * k].reshape(m, m, t * k)
+        np.matmul(at, s.reshape(m, a, t * k), out=yt)                           # (At M) A
+        if not np.isfinite(yt.sum()):
+            return None
+        _store(problem, yt.reshape(m, m, nb, tb, tw, k), y[n0:n1], m, t0)
+    return y
+
+
+def _chunks(n: int, th: int, tw: int, per_chunk: int) -> list[tuple[int, int, int, int]]:
+    """``(n0, n1, t0, t1)``: whole images when one fits in ``per_chunk`` tiles, else rows of tiles of one image."""
+    if per_chunk >= th * tw:
+        step = per_chunk // (th * tw)
+        return [(i, min(i + step, n), 0, th) for i in range(0, n, step)]
+    step = max(1, per_chunk // tw)
+    return [(i, i + 1, t, min(t + step, th)) for i in range(n) for t in range(0, th, step)]
+
+
+def _store(problem: ConvProblem, yt: np.ndarray, y: np.ndarray, m: int, t0: int) -> None:
+    """Copy ``yt`` ``(m, m, nb, tb, TW, K)`` into ``y`` ``(nb, K, P, Q)`` from tile row ``t0`` on: one strided copy
+    per output position ``(u, v)`` of the tile, which crops the partial last row and column of tiles."""
+    tb = yt.shape[3]
+    for u in range(m):
+        r0 = m * t0 + u
+        rows = len(range(r0, min(m * (t0 + tb), problem.p), m))
+        if rows == 0:
+            continue
+        for v in range(m):
+            cols = len(range(v, problem.q, m))
+            if cols:
+                np.copyto(y[:, :, r0::m][:, :, :rows, v::m], yt[u, v, :, :rows, :cols].transpose(0, 3, 1, 2))
+
+
+def _padded_channels_last(problem: ConvProblem, x: np.ndarray, hp: int, wp: int) -> np.ndarray:
+    """``x`` as ``(N, hp, wp, C)`` (scratch) with the problem's top/left padding and zeros to the full size."""
+    n, c, h, w = x.shape
+    t, l = problem.padding[0], problem.padding[2]
+    xp = _scratch.empty("wgemm_pad", (n, hp, wp, c), x.dtype)
+    xp[:, :t] = 0
+    xp[:, t + h:] = 0
+    xp[:, t:t + h, :l] = 0
+    xp[:, t:t + h, l + w:] = 0
+    np.copyto(xp[:, t:t + h, l:l + w], x.transpose(0, 2, 3, 1))
+    return xp
+
+
+def scratch_bytes(problem: ConvProblem, m: int) -> int:
+    """The scratch of one chunk holding every tile (what a budget above it leaves undivided)."""
+    a = m + 2
+    th, tw = tiles(problem, m)
+    return a * a * problem.n * th * tw * (2 * problem.c + problem.k) * _itemsize(problem)
+
