@@ -247,3 +247,28 @@ def test_conv_transpose_errors(kwargs, match) -> None:
 def test_conv_transpose_channel_mismatch() -> None:
     with pytest.raises(ValueError, match=r"conv_transpose2d: x has 5 channels but w expects 4 \(w.shape\[0\]\)"):
         gpuconv.conv_transpose2d(np.ones((1, 5, 3, 3)), np.ones((4, 3, 3, 3)))
+
+
+def test_autotune_directions_all_then_the_gradients_use_the_decisions(tmp_path, monkeypatch, capsys) -> None:
+    """``--directions all`` tunes the three convolutions of each layer; gpuconv.grad then runs the tuned plans."""
+    import json
+
+    from gpuconv.autotune import cli
+
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path / "cache"))
+    plan.forget()
+    shapes = tmp_path / "layers.json"
+    shapes.write_text(json.dumps([{"name": "l", "x": [2, 4, 9, 9], "w": [6, 4, 3, 3], "padding": 1}]))
+    args = ["--shapes", str(shapes), "--backend", "cpu", "--directions", "all", "--trials", "4", "--quiet",
+            "--no-jax"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "l:input" in out and "l:weight" in out and "3 tuned" in out
+    for direction in ("forward", "input", "weight"):
+        problem = make_problem("conv2d", (2, 4, 9, 9), (6, 4, 3, 3), "float32", False, padding=1,
+                               direction=direction)
+        assert plan.choose("t", problem, "cpu", cpu, "auto").source == "tuned"
+    assert cli.main(args) == 0
+    assert "all 3 shapes were cache hits" in capsys.readouterr().out
+    assert cli.main([*args[:4], "--directions", "sideways"]) == 2
+    assert "--directions must be 'all' or a comma-separated list" in capsys.readouterr().err

@@ -18,13 +18,27 @@ from typing import Any, Sequence
 from .. import cache as _cache
 from .. import plan as _plan
 from .. import shapes as _shapes
-from ..problem import DTYPES
+from ..problem import DIRECTIONS, DTYPES
 from . import report
 from .storage import make_storage
 from .target import current_device, make_target, resolve_backend
 from .workload import tune_shapes
 
 PROG = "python -m gpuconv.autotune"
+
+
+def _directions(text: str | None) -> tuple[str, ...] | None:
+    """``--directions``: None (each entry's own), ``all``, or a comma-separated list of :data:`DIRECTIONS`."""
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return DIRECTIONS
+    chosen = tuple(d.strip() for d in text.split(",") if d.strip())
+    bad = [d for d in chosen if d not in DIRECTIONS]
+    if bad or not chosen:
+        raise ValueError(f"--directions must be 'all' or a comma-separated list of {', '.join(DIRECTIONS)}, "
+                         f"got {text!r}")
+    return chosen
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=int, default=None, help="CUDA device index (cuda backend only)")
     p.add_argument("--batch", type=_positive_int, default=None, help="override every shape's batch size N")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="override every shape's dtype")
+    p.add_argument("--directions", default=None, metavar="LIST",
+                   help="tune these directions of every shape instead of each entry's own: a comma-separated list "
+                        "of forward, input, weight, or 'all' (the three convolutions of a training step)")
     p.add_argument("--report", metavar="FILE", default=None, help="write a markdown report to FILE")
     p.add_argument("--json", metavar="FILE", nargs="?", const="-", default=None,
                    help="write machine-readable results to FILE, or to stdout without FILE")
@@ -112,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _error(f"--device {args.device} does not exist "
                               f"({cupy.cuda.runtime.getDeviceCount()} CUDA devices)")
             cupy.cuda.Device(args.device).use()
-        shape_set = _shapes.load(args.shapes, batch=args.batch, dtype=args.dtype)
+        shape_set = _shapes.load(args.shapes, batch=args.batch, dtype=args.dtype,
+                                 directions=_directions(args.directions))
         storage = make_storage(args.storage)
     except Exception as e:  # bad shapes, backend or storage, or a missing package: say what, no traceback
         return _error(str(e))

@@ -34,7 +34,7 @@ class Evaluator:
         x, w, b = self.host[0]
         self.expected = np.asarray(reference(problem, x, w, b))
         self.inputs = [tuple(None if a is None else target.to_device(a) for a in triple) for triple in self.host]
-        self.table = target.module.STRATEGIES
+        self.table = target.module.TABLES[problem.direction]
         self.seen: dict[Any, tuple[float, str, str]] = {}
 
     def __call__(self, plan: Plan) -> tuple[float, str, str]:

@@ -1,10 +1,10 @@
 """Tune one problem: search strategy x parameters with Optuna, check every candidate, time the survivors.
 
-The search space is data: the backend's ``STRATEGIES`` table, each strategy's ``space`` (name -> value
-list) and ``constraints``. Optuna only samples from it (a categorical ``"strategy"``, then one categorical
-per parameter of that strategy, named ``"<strategy>.<param>"``). The heuristic's plan is enqueued as
-trial 0, so the result is never worse than the default. When the whole space has at most ``trials``
-points it is enumerated exhaustively instead of sampled.
+The search space is data: the backend's table of the problem's direction (``TABLES[direction]``), each
+strategy's ``space`` (name -> value list) and ``constraints``. Optuna only samples from it (a categorical
+``"strategy"``, then one categorical per parameter of that strategy, named ``"<strategy>.<param>"``). The
+heuristic's plan is enqueued as trial 0, so the result is never worse than the default. When the whole space
+has at most ``trials`` points it is enumerated exhaustively instead of sampled.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def tune(problem: ConvProblem, target: Target | str = "cpu", *, trials: int = 32
     if trials < 1:
         raise ValueError(f"tune: trials must be positive, got {trials}")
     started = time.perf_counter()
-    table = target.module.STRATEGIES
+    table = target.module.TABLES[problem.direction]
     names = sorted(n for n, s in table.items() if s.supports(problem))
     if not names:
         raise ValueError(f"tune: no {target.backend} strategy supports this problem")
