@@ -49,6 +49,14 @@
 #define TN 8  // columns per thread
 #endif
 
+// C's element type: T, or with GEMM_ACC_OUT defined ACC_T (a workspace summed further, e.g. by col2im, keeps
+// float16 products in float32).
+#if defined(GEMM_ACC_OUT)
+#define GEMM_OUT_T ACC_T
+#else
+#define GEMM_OUT_T T
+#endif
+
 #define GEMM_THREADS ((BM / TM) * (BN / TN))
 
 namespace gemm_detail {
@@ -67,7 +75,10 @@ constexpr int kNStride = (BN / TN) * kBV;  // between a thread's column groups
 // Ask for two resident blocks per SM when a rough register estimate (accumulators, fragments, prefetch
 // registers, ~24 for addresses) leaves room: 8x8 float tiles then fit in 128 registers without spills.
 constexpr int kAccWords = sizeof(ACC_T) / 4;
-constexpr int kRegEstimate = (TM * TN + TM + TN + (kALoads + kBLoads) * kVec) * kAccWords + 24;
+// C stored wider than T (GEMM_ACC_OUT with float16) keeps more live in the epilogue: at 8x8 float16 tiles
+// and 128 registers ptxas spilled 40 bytes.
+constexpr int kRegEstimate = (TM * TN + TM + TN + (kALoads + kBLoads) * kVec) * kAccWords + 24 +
+                             (sizeof(GEMM_OUT_T) > sizeof(T) ? 2 * TN : 0);
 constexpr int kMinBlocks = kRegEstimate * kThreads * 2 <= 65536 ? 2 : 1;
 
 static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
@@ -83,8 +94,8 @@ template <int N>
 struct __align__(N * sizeof(ACC_T)) AccVec {
     ACC_T e[N];
 };
-struct __align__(kBV * sizeof(T)) OutVec {
-    T e[kBV];
+struct __align__(kBV * sizeof(GEMM_OUT_T)) OutVec {
+    GEMM_OUT_T e[kBV];
 };
 
 static __device__ __forceinline__ bool aligned16(const void* p) {
@@ -93,7 +104,7 @@ static __device__ __forceinline__ bool aligned16(const void* p) {
 }  // namespace gemm_detail
 
 extern "C" __global__ __launch_bounds__(GEMM_THREADS, gemm_detail::kMinBlocks) void gemm(
-    const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias, T* __restrict__ C,
+    const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias, GEMM_OUT_T* __restrict__ C,
     int M, int N, int K,
     int lda, int a_batch,
     int ldb, int b_batch, int b_cols, int b_img,
@@ -241,9 +252,9 @@ extern "C" __global__ __launch_bounds__(GEMM_THREADS, gemm_detail::kMinBlocks) v
     }
 
     // ---- epilogue: bias, convert, store ----
-    T* Cz = C + (long long)z * c_batch;
-    const bool c_vec = (reinterpret_cast<unsigned long long>(Cz) % (kBV * sizeof(T))) == 0 && ldc % kBV == 0 &&
-                       c_cols % kBV == 0 && c_img % kBV == 0;
+    GEMM_OUT_T* Cz = C + (long long)z * c_batch;
+    const bool c_vec = (reinterpret_cast<unsigned long long>(Cz) % (kBV * sizeof(GEMM_OUT_T))) == 0 &&
+                       ldc % kBV == 0 && c_cols % kBV == 0 && c_img % kBV == 0;
     int c_off[TN / kBV];
 #pragma unroll
     for (int g = 0; g < TN / kBV; ++g) {
@@ -258,21 +269,22 @@ extern "C" __global__ __launch_bounds__(GEMM_THREADS, gemm_detail::kMinBlocks) v
             const int m = m0 + gi * kMStride + tm * kAV + vi;
             if (m >= M) continue;
             const ACC_T bv = has_bias ? to_acc(bias[(long long)z * bias_batch + m]) : ACC_T(0);
-            T* row = Cz + m * ldc;
+            GEMM_OUT_T* row = Cz + m * ldc;
 #pragma unroll
             for (int g = 0; g < TN / kBV; ++g) {
                 const int n = n0 + g * kNStride + tn * kBV;
                 if (c_vec && n + kBV <= N) {
                     OutVec o;
 #pragma unroll
-                    for (int v = 0; v < kBV; ++v) o.e[v] = from_acc<T>(acc[i][g * kBV + v] + bv);
+                    for (int v = 0; v < kBV; ++v) o.e[v] = from_acc<GEMM_OUT_T>(acc[i][g * kBV + v] + bv);
                     GPUCONV_CHECK_ALIGNED(row + c_off[g], sizeof(OutVec));
                     *reinterpret_cast<OutVec*>(row + c_off[g]) = o;
                 } else {
 #pragma unroll
                     for (int v = 0; v < kBV; ++v) {
                         const int j = n + v;
-                        if (j < N) row[(j / c_cols) * c_img + j % c_cols] = from_acc<T>(acc[i][g * kBV + v] + bv);
+                        if (j < N)
+                            row[(j / c_cols) * c_img + j % c_cols] = from_acc<GEMM_OUT_T>(acc[i][g * kBV + v] + bv);
                     }
                 }
             }

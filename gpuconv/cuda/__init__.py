@@ -15,7 +15,7 @@ import cupy  # noqa: F401  (the backend's dependency: gpuconv.backends turns its
 
 from ..problem import ConvProblem
 from ..strategy import CudaRun, Plan, Strategy
-from . import direct, im2col, implicit_gemm, pointwise, rewrite
+from . import col2im, dgrad, direct, im2col, implicit_gemm, pointwise, rewrite, wgrad
 from .executor import CupyExecutor, Executor
 from .fingerprint import fingerprint as fingerprint
 
@@ -60,7 +60,7 @@ def heuristic(problem: ConvProblem) -> Plan:
     for name, applies in _DIRECTION_RULES[problem.direction]:
         strategy = table.get(name)
         if strategy is not None and applies(problem) and strategy.supports(problem):
-            pick = _HEURISTIC_PARAMS.get(name)
+            pick = _DIRECTION_HEURISTIC_PARAMS[problem.direction].get(name)
             params = pick(problem) if pick is not None else dict(strategy.defaults)
             if not strategy.valid(params, problem):
                 params = dict(strategy.defaults)
@@ -71,15 +71,17 @@ def heuristic(problem: ConvProblem) -> Plan:
 
 
 def _run_forward(ex: Executor, problem: ConvProblem, plan: Plan, x: Any, w: Any) -> Any:
-    return _launch(ex, problem, STRATEGIES[plan.strategy], dict(plan.params), x, w, None)
+    # 4-d whatever the problem's ndim: the rewrites index the output as (N, K, P, Q)
+    return _launch(ex, problem, STRATEGIES[plan.strategy], dict(plan.params), x, w, None).reshape(problem.out_shape4)
 
 
 _INPUT_REWRITE, _WEIGHT_REWRITE = rewrite.make_strategies(_run_forward, heuristic)
 
 #: The gradients' strategies, ``run(ex, problem, params, a, b, None, out)`` with ``(a, b, out)`` being
 #: ``(dy, w, dx)`` or ``(x, dy, dw)``.
-INPUT_STRATEGIES: dict[str, Strategy[CudaRun]] = {s.name: s for s in (_INPUT_REWRITE,)}
-WEIGHT_STRATEGIES: dict[str, Strategy[CudaRun]] = {s.name: s for s in (_WEIGHT_REWRITE,)}
+INPUT_STRATEGIES: dict[str, Strategy[CudaRun]] = {s.name: s for s in (dgrad.STRATEGY, col2im.STRATEGY,
+                                                                       _INPUT_REWRITE)}
+WEIGHT_STRATEGIES: dict[str, Strategy[CudaRun]] = {s.name: s for s in (wgrad.STRATEGY, _WEIGHT_REWRITE)}
 
 #: Every direction's strategies.
 TABLES: dict[str, dict[str, Strategy[CudaRun]]] = {"forward": STRATEGIES, "input": INPUT_STRATEGIES,
@@ -87,8 +89,17 @@ TABLES: dict[str, dict[str, Strategy[CudaRun]]] = {"forward": STRATEGIES, "input
 
 _DIRECTION_RULES: dict[str, list[tuple[str, Callable[[ConvProblem], bool]]]] = {
     "forward": _RULES,
-    "input": [("rewrite", lambda p: True)],
-    "weight": [("rewrite", lambda p: True)],
+    # As the forward: the implicit GEMM where the column workspace would cost about as much as the GEMM
+    # (few input channels per group: M = C/groups here), the explicit GEMM + fold otherwise.
+    "input": [("implicit_gemm", lambda p: p.cg <= 128), ("col2im", lambda p: True),
+              ("implicit_gemm", lambda p: True), ("rewrite", lambda p: True)],
+    "weight": [("implicit_gemm", lambda p: True), ("rewrite", lambda p: True)],
+}
+
+_DIRECTION_HEURISTIC_PARAMS: dict[str, dict[str, Callable[[ConvProblem], dict[str, int]]]] = {
+    "forward": _HEURISTIC_PARAMS,
+    "input": {"implicit_gemm": dgrad.heuristic_params, "col2im": col2im.heuristic_params},
+    "weight": {"implicit_gemm": wgrad.heuristic_params},
 }
 
 

@@ -1,0 +1,97 @@
+"""Input gradient as an implicit GEMM (``kernels/dgrad.cu``), split by stride phase.
+
+Per group and stride phase, ``dX (Cg x N*Ha*Wa) = W^T (Cg x Kg*Ra*Sa) @ dYcols``: the input pixels of one
+phase ``(h mod stride_h, w mod stride_w)`` take the same ``Ra x Sa`` taps, so a strided problem needs neither
+a zero-inserted ``dy`` nor the taps that would read its zeros, and pixels no tap reaches get zeros. Any sizes,
+strides, dilations and groups (groups and phases run on ``gridDim.z``); no workspace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..problem import ConvProblem
+from ..strategy import Params, Strategy
+from . import implicit_gemm
+from .executor import MAX_GRID, Executor
+from .source import INT32_MAX, sm_count
+
+KERNEL, FUNC = "dgrad", "dgrad_implicit_gemm"
+
+#: Tunables of ``kernels/dgrad.cu``: block tile BM (input channels) x BN (input pixels of a phase) x BK
+#: (reduction slice) and thread tile TM x TN. The loader is the forward implicit GEMM's, so are its constraints;
+#: the space is a subset of its tiles (8-deep slices, 4- or 8-wide thread tiles: 28 float32 points) so that
+#: compiling every variant for both architectures stays short.
+SPACE: dict[str, list[int]] = {"BM": [32, 64, 128], "BN": [32, 64, 128], "BK": [8], "TM": [4, 8], "TN": [4, 8]}
+DEFAULTS: dict[str, int] = dict(implicit_gemm.DEFAULTS)
+CONSTRAINTS = implicit_gemm.STRATEGY.constraints
+threads = implicit_gemm.threads
+smem_bytes = implicit_gemm.smem_bytes
+
+
+def phase_pixels(size: int, stride: int) -> int:
+    """Input positions of the largest stride phase along one axis: ``ceil(size / stride)``."""
+    return -(-size // stride)
+
+
+def grid(problem: ConvProblem, params: Params) -> tuple[int, int, int]:
+    """Column tiles of the largest phase, channel tiles, groups x phases."""
+    pr = problem
+    cols = pr.n * phase_pixels(pr.h, pr.stride[0]) * phase_pixels(pr.w, pr.stride[1])
+    return (-(-cols // params["BN"]), -(-pr.cg // params["BM"]), pr.groups * pr.stride[0] * pr.stride[1])
+
+
+def run(ex: Executor, problem: ConvProblem, params: Params, dy: Any, w: Any, bias: Any, dx: Any) -> None:
+    """Fill ``dx (N, C, H, W)`` with the input gradient from ``dy (N, K, P, Q)`` and ``w (K, C/g, R, S)``."""
+    pr = problem
+    t, _, l, _ = pr.padding
+    args = [dy, w, dx, pr.n, pr.c, pr.h, pr.w, pr.k, pr.p, pr.q, pr.r, pr.s, pr.stride[0], pr.stride[1], t, l,
+            pr.dilation[0], pr.dilation[1], pr.groups]
+    ex.launch(KERNEL, FUNC, params, pr.dtype, grid(pr, params), (threads(params), 1, 1), args)
+
+
+def _supports(problem: ConvProblem) -> bool:
+    # Column and reduction indices are int32; groups times phases run on gridDim.z, channel tiles on y.
+    pr = problem
+    cols = pr.n * phase_pixels(pr.h, pr.stride[0]) * phase_pixels(pr.w, pr.stride[1])
+    return (cols + 128 < INT32_MAX and pr.kg * pr.r * pr.s + 32 < INT32_MAX
+            and pr.groups * pr.stride[0] * pr.stride[1] <= MAX_GRID[2] and -(-pr.cg // 32) <= MAX_GRID[1])
+
+
+STRATEGY = Strategy(
+    name="implicit_gemm",
+    run=run,
+    supports=_supports,
+    requires=(f"N*ceil(H/stride)*ceil(W/stride) and K/groups*R*S below 2**31, groups*stride_h*stride_w at most "
+              f"{MAX_GRID[2]}"),
+    space=SPACE,
+    constraints=CONSTRAINTS,
+    defaults=DEFAULTS,
+)
+
+# Preferred points, largest tile first: (BM, BN, BK, TM, TN), as the forward's (M is the input channels here).
+_PREFERRED: tuple[tuple[int, int, int, int, int], ...] = (
+    (128, 128, 8, 8, 8),
+    (128, 64, 8, 8, 4),
+    (64, 128, 8, 4, 8),
+    (64, 64, 8, 4, 4),
+    (32, 64, 8, 4, 4),
+    (32, 32, 8, 4, 4),
+)
+_BLOCKS_PER_SM = 2
+
+
+def heuristic_params(problem: ConvProblem) -> dict[str, int]:
+    """The largest preferred tile that does not waste more than half of its rows on missing input channels and
+    still launches about two blocks per SM (counting every phase's blocks)."""
+    min_blocks = _BLOCKS_PER_SM * sm_count()
+    fallback = dict(DEFAULTS)
+    for bm, bn, bk, tm, tn in _PREFERRED:
+        params = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn}
+        if not STRATEGY.valid(params, problem) or (bm > 32 and problem.cg <= bm // 2):
+            continue
+        fallback = params
+        gx, gy, gz = grid(problem, params)
+        if gx * gy * gz >= min_blocks:
+            return params
+    return fallback
