@@ -42,7 +42,8 @@ def measure(cg: int, n: int, hw: int, dtype: str, k: int = 16, groups: int = 1, 
             "f4x4": lambda: winograd.winograd(problem, x, w, tile=4)}
     for name, run in runs.items():
         err = np.abs(run().astype(np.float64) - exact)
-        row[name] = {"max_eps": float(err.max() / eps), "of_tolerance": float((err / (atol + rtol * np.abs(exact))).max())}
+        of_tolerance = float((err / (atol + rtol * np.abs(exact))).max())
+        row[name] = {"max_eps": float(err.max() / eps), "of_tolerance": of_tolerance}
     return row
 
 

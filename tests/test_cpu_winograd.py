@@ -25,8 +25,8 @@ try:
 except ImportError:  # pragma: no cover - torch is an optional peer
     torch = None
 
-PLAN = Plan("winograd", {"tile": 2, "chunk": 1}, "forced")
-PLAN4 = Plan("winograd", {"tile": 4, "chunk": 1}, "forced")
+PLAN = Plan("winograd", {"tile": 2, "chunk": 4}, "forced")
+PLAN4 = Plan("winograd", {"tile": 4, "chunk": 4}, "forced")
 
 CASES = [
     Case((1, 4, 9, 7), (5, 4, 3, 3), padding=1),                    # odd P and Q: last tile row/column cropped
@@ -217,7 +217,7 @@ def test_f4x4_needs_enough_channels() -> None:
     assert not s.valid(PLAN4.params, few) and s.valid(PLAN.params, few)
     assert s.valid(PLAN4.params, enough)
     assert winograd.heuristic_params(few)["tile"] == 2
-    assert not s.valid({"tile": 2, "chunk": 4}, few)   # F(2x2) is not chunked: one variant only
+    assert not s.valid({"tile": 2, "chunk": 16}, few)   # F(2x2) is not chunked: one variant only
 
 
 @pytest.mark.parametrize("budget,chunks", [(1, 2 * 4), (None, 2)])

@@ -40,7 +40,10 @@ exactly as PyTorch does (finite inputs take that path only if the transformed va
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,8 +54,8 @@ from . import im2col as _im2col
 from . import winograd_gemm as _gemm
 
 #: The tuning space: the output tile and, for F(4x4), the scratch budget of one chunk of tiles in MiB.
-SPACE = {"tile": (2, 4), "chunk": (1, 4, 16)}
-DEFAULTS = {"tile": 2, "chunk": 1}
+SPACE = {"tile": (2, 4), "chunk": (4, 16, 64)}
+DEFAULTS = {"tile": 2, "chunk": 4}
 
 # Below this many input channels per group F(4x4)'s float32 error exceeds half the tolerance somewhere on
 # the measured grid (``python -m benchmarks.winograd_error``; the ratio is the same in float64).
@@ -89,13 +92,37 @@ def chunk_matters(params: Params, problem: ConvProblem | None) -> bool:
 CONSTRAINTS = (f4_accurate, chunk_matters)
 
 
+def _load_rules() -> dict[str, Any]:
+    with open(Path(__file__).with_name("winograd_rules.json")) as f:
+        return json.load(f)["rules"]
+
+
+#: Where each tile pays against the GEMM path, fitted by ``python -m benchmarks.winograd_grid`` to timings of
+#: a grid of 3x3 layers (stored beside the rules in ``winograd_rules.json`` with the machine and its load):
+#: ``{"f4": {"min_tiles", "min_channels"}, "f2": {...}, "chunk"}``, tiles counted over the whole batch.
+RULES = _load_rules()
+
+
+def preferred_tile(problem: ConvProblem) -> int | None:
+    """The tile :data:`RULES` pick for ``problem`` (4 first, then 2), or None where im2col/direct is faster."""
+    if not supports(problem):
+        return None
+    for tile, rule in ((4, RULES["f4"]), (2, RULES["f2"])):
+        count = problem.n * math.prod(_gemm.tiles(problem, tile))
+        accurate = f4_accurate({"tile": tile}, problem)
+        if accurate and problem.cg >= rule["min_channels"] and count >= rule["min_tiles"]:
+            return tile
+    return None
+
+
 def heuristic_params(problem: ConvProblem) -> dict[str, int]:
-    """The tile and chunk used without tuning: F(4x4) wherever it is accurate enough."""
-    params = {"tile": 4, "chunk": 1}
-    return params if f4_accurate(params, problem) else dict(DEFAULTS)
+    """The tile and chunk used without tuning (see :data:`RULES`)."""
+    if preferred_tile(problem) == 4:
+        return {"tile": 4, "chunk": RULES["chunk"]}
+    return dict(DEFAULTS)
 
 
-def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, tile: int = 2, chunk: int = 1) -> np.ndarray:
+def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, tile: int = 2, chunk: int = 4) -> np.ndarray:
     """Convolve by Winograd F(tile x tile, 3x3).
 
     Args:
@@ -112,7 +139,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, tile: int = 2, 
     return _run(problem, x, w, u, tile, chunk)
 
 
-def prepare(problem: ConvProblem, tile: int = 2, chunk: int = 1) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def prepare(problem: ConvProblem, tile: int = 2, chunk: int = 4) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A runner ``(x, w) -> y`` of :func:`winograd` that transforms the filters once while ``w`` is unchanged."""
     memo = _gemm.FilterMemo(problem, tile, _filter_transform if tile == 2 else None)
     return lambda x, w: _run(problem, x, w, memo(w), tile, chunk)
