@@ -6,8 +6,8 @@ float32 error is several times F(2x2)'s and its ratio to the tolerance (linear i
 largest with few channels: it is only offered with at least :data:`F4_MIN_CHANNELS` input channels per group
 (:func:`f4_accurate`), where the measured error stays under half the tolerance.
 
-:func:`prepare` keeps the filter transform of the last weights it saw (:class:`~gpuconv.cpu.winograd_gemm.FilterMemo`,
-compared bit for bit on every call), so inference with fixed weights transforms them once.
+:func:`prepare` keeps the filter transform of the last weights it saw (compared bit for bit on every call,
+:class:`~gpuconv.cpu.winograd_gemm.FilterMemo`), so inference with fixed weights transforms them twice at most.
 
 F(2x2): the padded input is cut into 4x4 tiles with step 2 (each yields a 2x2 block of output); per tile
 ``V = Bt d B``, per filter ``U = G g Gt``, then every one of the 16 transform positions is a GEMM
@@ -135,7 +135,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, tile: int = 2, 
     Returns:
         ``(N, K, P, Q)`` in the compute dtype, C-contiguous.
     """
-    u = _filter_transform(problem, w) if tile == 2 else _gemm.filter_transform(problem, w, tile)
+    u = _filter_transform(problem, w, scratch=True) if tile == 2 else _gemm.filter_transform(problem, w, tile, True)
     return _run(problem, x, w, u, tile, chunk)
 
 
@@ -217,16 +217,18 @@ def _pair_transform(pairs: np.ndarray, out: np.ndarray, axis: int) -> None:
     np.subtract(nxt[lo + (slice(None), 0)], this[lo + (slice(None), 1)], out=out[lo + (slice(None), 3)])  # 2
 
 
-def _filter_transform(problem: ConvProblem, w: np.ndarray) -> np.ndarray:
-    """``U = G g Gt`` for every filter, as a fresh ``(16, G, C/G, K/G)`` view: each position's GEMM operand, per group.
+def _filter_transform(problem: ConvProblem, w: np.ndarray, scratch: bool = False) -> np.ndarray:
+    """``U = G g Gt`` for every filter, as a ``(16, G, C/G, K/G)`` view: each position's GEMM operand, per group;
+    in a scratch buffer when ``scratch``, else a fresh array (what the memo keeps).
 
     Computed as ``(16, K * C/G)`` from the taps of ``w`` in their own order (a transposed operand that BLAS
     reads in place) and returned transposed, which BLAS also takes as it is; gathering ``w`` into
     ``(9, G, C/G, K/G)`` first would cost several times the product on large layers.
     """
     g, cg, kg = problem.groups, problem.cg, problem.kg
-    u = np.matmul(_KRON[w.dtype], w.reshape(-1, 9).T)
-    return u.reshape(16, g, kg, cg).transpose(0, 1, 3, 2)
+    u = _scratch.empty("winograd_u", (16, g, kg, cg), w.dtype) if scratch else np.empty((16, g, kg, cg), w.dtype)
+    np.matmul(_KRON[w.dtype], w.reshape(-1, 9).T, out=u.reshape(16, -1))
+    return u.transpose(0, 1, 3, 2)
 
 
 def _output_transform(m: np.ndarray, yt: np.ndarray) -> None:

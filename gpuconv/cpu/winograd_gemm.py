@@ -87,40 +87,53 @@ def _itemsize(problem: ConvProblem) -> int:
     return max(np.dtype(problem.dtype).itemsize, 4)  # float16 is computed in float32
 
 
-def filter_transform(problem: ConvProblem, w: np.ndarray, m: int) -> np.ndarray:
-    """``U = G g Gt`` of every filter as a fresh ``(a*a, G, C/G, K/G)`` view (a transposed operand BLAS reads
-    in place), computed as ``kron(G, G) @ w`` from the taps of ``w`` in their own order."""
+def filter_transform(problem: ConvProblem, w: np.ndarray, m: int, scratch: bool = False) -> np.ndarray:
+    """``U = G g Gt`` of every filter as a ``(a*a, G, C/G, K/G)`` view (a transposed operand BLAS reads in
+    place), computed as ``kron(G, G) @ w`` from the taps of ``w`` in their own order; in a scratch buffer
+    when ``scratch`` (valid until the next call), else a fresh array."""
     a, g, cg, kg = m + 2, problem.groups, problem.cg, problem.kg
     kron = _MATRICES[m, w.dtype][1]
-    u = np.matmul(kron, w.reshape(-1, 9).T)                                   # a*a, K*C/G
+    u = _new((a * a, problem.k * cg), w.dtype, "wgemm_u" if scratch else None)
+    np.matmul(kron, w.reshape(-1, 9).T, out=u)
     return u.reshape(a * a, g, kg, cg).transpose(0, 1, 3, 2)
+
+
+def _new(shape: tuple[int, ...], dtype: np.dtype, role: str | None) -> np.ndarray:
+    # A fresh array above glibc's largest mmap threshold (32 MiB) is mapped and faulted in page by page on
+    # every call: for ResNet-50 res5's 38 MB transform that is 5x the GEMM filling it. Scratch avoids it.
+    return np.empty(shape, dtype) if role is None else _scratch.empty(role, shape, dtype)
 
 
 class FilterMemo:
     """The filter transform of the last weights seen, reused while they are unchanged.
 
-    ``transform(problem, w)`` computes it (by default F(m x m)'s :func:`filter_transform`) as a fresh array.
-
+    ``transform(problem, w, scratch)`` computes it (by default F(m x m)'s :func:`filter_transform`).
     Weights are compared bit for bit with a private copy on every call: arrays carry no version counter,
     and an in-place update (an optimizer step, ``w[...] = ...``) keeps the same object. The comparison reads
-    ``9 K C/G`` values twice; the transform it saves writes ``a*a K C/G`` (4x as many for F(4x4)).
+    ``9 K C/G`` values twice; the transform it saves writes ``a*a K C/G`` (4x as many for F(4x4)). The first
+    call with new weights transforms them into scratch and only keeps their copy; a second call with the
+    same weights keeps a transform of its own. A runner used once (:func:`gpuconv.cpu.execute`, the tuner)
+    therefore allocates no transform it would throw away.
     """
 
     MAX_BYTES = 256 * 2**20  # weights whose transform is larger are transformed on every call
 
     def __init__(self, problem: ConvProblem, m: int,
-                 transform: Callable[[ConvProblem, np.ndarray], np.ndarray] | None = None) -> None:
+                 transform: Callable[[ConvProblem, np.ndarray, bool], np.ndarray] | None = None) -> None:
         self.problem, self.m = problem, m
-        self.transform = transform or (lambda problem, w: filter_transform(problem, w, m))
-        self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self.transform = transform or (lambda problem, w, scratch: filter_transform(problem, w, m, scratch))
+        self._last: tuple[np.ndarray, np.ndarray | None] | None = None
 
     def __call__(self, w: np.ndarray) -> np.ndarray:
         last = self._last  # one read: another thread may replace it meanwhile
-        if last is not None and last[0].dtype == w.dtype and _same_bits(last[0], w):
+        seen = last is not None and last[0].dtype == w.dtype and _same_bits(last[0], w)
+        if seen and last[1] is not None:
             return last[1]
-        u = self.transform(self.problem, w)
-        if u.nbytes <= self.MAX_BYTES:
-            self._last = (np.array(w, order="C"), u)
+        u = self.transform(self.problem, w, not seen)
+        if seen:
+            self._last = (last[0], u)
+        elif u.nbytes <= self.MAX_BYTES:
+            self._last = (np.array(w, order="C"), None)
         return u
 
 
@@ -150,7 +163,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, m: int, budget_
     th, tw = tiles(problem, m)
     bt, _, at = _MATRICES[m, x.dtype]
     if u is None:
-        u = filter_transform(problem, w, m)
+        u = filter_transform(problem, w, m, scratch=True)
     xp = _padded_channels_last(problem, x, m * th + 2, m * tw + 2)
     sn, sh, sw, sc = xp.strides
     y = np.empty(problem.out_shape4, x.dtype)
