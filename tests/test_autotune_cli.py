@@ -27,6 +27,12 @@ SMALL = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _own_timing_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine-wide timing lock of each test's own, for this process and the tuners it starts."""
+    monkeypatch.setenv("GPUCONV_LOCK_DIR", str(tmp_path / "locks"))
+
+
 def _run(args: list[str], cache_dir: Path, **kw: Any) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "gpuconv.autotune", *args, "--cache-dir", str(cache_dir)],
@@ -37,7 +43,7 @@ def test_tune_then_rerun_is_all_cache_hits(tmp_path: Path) -> None:
     shapes = _shapes(tmp_path / "shapes.json", SMALL)
     cache_dir = tmp_path / "cache"
     first = _run(["--shapes", str(shapes), "--backend", "cpu", "--trials", "8", "--report", str(tmp_path / "r.md"),
-                  "--json", str(tmp_path / "r.json")], cache_dir)
+                  "--json", str(tmp_path / "r.json"), "--allow-noisy"], cache_dir)
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr
     doc = json.loads((tmp_path / "r.json").read_text())
@@ -47,11 +53,19 @@ def test_tune_then_rerun_is_all_cache_hits(tmp_path: Path) -> None:
         assert row["strategy"] and row["time_s"] > 0 and row["gflops"] > 0
         assert row["heuristic"]["strategy"] and row["speedup_vs_heuristic"] > 0
         assert row["search"] in ("exhaustive", "tpe") and row["trials_run"] >= 1
+        ev = row["evidence"]  # the evidence travels with the decision
+        assert ev["verdict"] in ("separated", "incumbent", "indistinguishable") and ev["rounds"] >= 3
+        assert ev["winner"]["strategy"] == row["strategy"] and ev["winner"]["median_s"] > 0
+        assert ev["incumbent"]["strategy"] == row["heuristic"]["strategy"]
+        assert row["load"]["level"] in ("quiet", "loaded", "heavy")
+        assert row["load"]["source"] == ("proc" if sys.platform.startswith("linux") else row["load"]["source"])
+    assert doc["info"]["timing_lock"]["acquired"] > 0 and doc["info"]["timing_lock"]["held"]
     report = (tmp_path / "r.md").read_text()
     assert "| shape | problem | status | strategy |" in report and "tiny3x3" in report and "tiny1d" in report
+    assert "## Evidence" in report and "| evidence | load |" in report
     assert "tiny3x3" in first.stdout  # the table on the terminal
 
-    again = _run(["--shapes", str(shapes), "--backend", "cpu", "--trials", "8", "--json"], cache_dir)
+    again = _run(["--shapes", str(shapes), "--backend", "cpu", "--trials", "8", "--json", "--allow-noisy"], cache_dir)
     assert again.returncode == 0, again.stderr
     assert "all 2 shapes were cache hits (0 trials run)" in again.stderr  # human text moves to stderr with --json
     doc2 = json.loads(again.stdout)
@@ -121,6 +135,7 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_batch_and_dtype_overrides_with_shared_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shapes = _shapes(tmp_path / "one.json", SMALL[:1])
     args = ["--shapes", str(shapes), "--backend", "cpu", "--batch", "2", "--dtype", "float64", "--trials", "4",
+            "--allow-noisy",
             "--storage", str(tmp_path / "journal.log"), "--cache-dir", str(tmp_path / "c"), "--quiet", "--no-jax",
             "--json", str(tmp_path / "out.json")]
     assert cli.main(args) == 0

@@ -1,8 +1,11 @@
 """``python -m gpuconv.autotune``: tune a shape set on this machine and remember the decisions.
 
-Exit status: 0 when every shape is decided, 1 when some shape had no correct candidate, 2 for bad
-arguments or input (the message names the entry and field), 130 when interrupted (Ctrl-C stops after the
-current trial; everything decided before is already saved).
+``--verify`` re-times stored decisions against their alternatives instead of tuning, and replaces those that
+no longer win. Timings run under a machine-wide lock, so concurrent tuners wait for each other's timings.
+
+Exit status: 0 when every shape is decided (provisional decisions included), 1 when some shape had no correct
+candidate, 2 for bad arguments or input (the message names the entry and field), 130 when interrupted (Ctrl-C
+stops after the current trial; everything decided before is already saved).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from ..problem import DIRECTIONS, DTYPES
 from . import report
 from .storage import make_storage
 from .target import current_device, make_target, resolve_backend
-from .workload import tune_shapes
+from .timing import TimingLock
+from .workload import stored_shapes, tune_shapes, verify_shapes
 
 PROG = "python -m gpuconv.autotune"
 
@@ -67,10 +71,16 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG, description="Tune gpuconv's strategy and kernel parameters for a set of convolution shapes on "
         "this machine, checking every candidate against jax.lax, and store the winners where conv2d(strategy='auto') "
         "finds them.",
-        epilog="A second run over the same shapes is all cache hits (zero trials) unless --force. Ctrl-C stops "
-        "after the current trial and keeps what was decided (exit 130).")
-    p.add_argument("--shapes", required=True, help="a shapes JSON file, or a shipped set name "
-                   "(audio1d, mobilenet_v2, resnet50, unet, vgg16)")
+        epilog="A second run over the same shapes is all cache hits (zero trials) unless --force; decisions "
+        "taken under heavy load are provisional and re-timed by the next run. Ctrl-C stops after the current "
+        "trial and keeps what was decided (exit 130).")
+    p.add_argument("--shapes", default=None, help="a shapes JSON file, or a shipped set name "
+                   "(audio1d, mobilenet_v2, resnet50, unet, vgg16); required unless --verify")
+    p.add_argument("--verify", action="store_true", help="re-time stored decisions (of --shapes, else all of this "
+                   "machine's) against their alternatives and replace those that no longer win; run it when the "
+                   "machine is quiet")
+    p.add_argument("--allow-noisy", action="store_true", help="store decisions taken under heavy load as final "
+                   "(default: provisional, re-timed by the next run or --verify)")
     p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to tune: auto = cuda if a CUDA device is usable, else cpu (default: auto)")
     p.add_argument("--trials", type=_positive_int, default=32, help="trials per shape; spaces with at most this "
@@ -118,6 +128,8 @@ def _error(message: str, status: int = 2) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = parser().parse_args(argv)
+    if args.shapes is None and not args.verify:
+        return _error("--shapes is required (or --verify, to re-time every stored decision)")
     try:
         backend = resolve_backend(args.backend)
         if args.device is not None:
@@ -129,18 +141,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _error(f"--device {args.device} does not exist "
                               f"({cupy.cuda.runtime.getDeviceCount()} CUDA devices)")
             cupy.cuda.Device(args.device).use()
-        shape_set = _shapes.load(args.shapes, batch=args.batch, dtype=args.dtype,
-                                 directions=_directions(args.directions))
+        shape_set = None if args.shapes is None else _shapes.load(args.shapes, batch=args.batch, dtype=args.dtype,
+                                                                   directions=_directions(args.directions))
         storage = make_storage(args.storage)
     except Exception as e:  # bad shapes, backend or storage, or a missing package: say what, no traceback
         return _error(str(e))
     store = _cache.TuningCache(args.cache_dir)
+    waited: list[Path] = []
+
+    def on_wait(path: Path) -> None:
+        if not waited:  # once per run; every wait is counted in the JSON and logged
+            print(f"{PROG}: waiting for the timing lock {path}: another tuner is timing on this machine",
+                  file=sys.stderr, flush=True)
+        waited.append(path)
+
     target = make_target(backend)
+    lock = target.lock
+    assert isinstance(lock, TimingLock)
+    lock.on_wait = on_wait
     device = current_device(backend)
     cache_path = store.path(_plan.cache_file(backend, device))
+    if shape_set is None:
+        shape_set = stored_shapes(target, store)
     info: dict[str, Any] = {"backend": backend, "machine": dict(_plan.fingerprint(backend, device)),
-                            "shapes": str(args.shapes), "trials": args.trials, "timeout_s": args.timeout,
-                            "seed": args.seed, "cache_file": str(cache_path), "storage": args.storage}
+                            "shapes": str(args.shapes) if args.shapes else "stored decisions",
+                            "mode": "verify" if args.verify else "tune", "trials": args.trials,
+                            "timeout_s": args.timeout, "seed": args.seed, "cache_file": str(cache_path),
+                            "storage": args.storage, "allow_noisy": args.allow_noisy}
 
     stop = _StopOnSigint()
     previous = signal.signal(signal.SIGINT, stop)
@@ -154,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     elapsed = time.perf_counter() - started
+    info["timing_lock"] = {**lock.stats(), "held": [[round(a, 6), round(b, 6)] for a, b in lock.held]}
     return _finish(args, outcomes, info, len(shape_set), elapsed, stop.requested or aborted, cache_path)
 
 
@@ -177,10 +205,16 @@ def _run(args: argparse.Namespace, shape_set: list[Any], target: Any, store: _ca
             shown = report.fmt_time(best if best != float("inf") else None)
             bar.set_postfix_str(f"trial {done}/{args.trials} best {shown}")
 
+    if args.verify:
+        outcomes_of = verify_shapes(shape_set, target, store, seed=args.seed, allow_noisy=args.allow_noisy,
+                                    should_stop=lambda: stop.requested, on_start=on_start)
+    else:
+        outcomes_of = tune_shapes(shape_set, target, store, trials=args.trials, timeout=args.timeout, seed=args.seed,
+                                  storage=storage, force=args.force, compare_jax=not args.no_jax,
+                                  allow_noisy=args.allow_noisy, should_stop=lambda: stop.requested,
+                                  on_start=on_start, on_trial=on_trial)
     try:
-        for outcome in tune_shapes(shape_set, target, store, trials=args.trials, timeout=args.timeout,
-                                   seed=args.seed, storage=storage, force=args.force, compare_jax=not args.no_jax,
-                                   should_stop=lambda: stop.requested, on_start=on_start, on_trial=on_trial):
+        for outcome in outcomes_of:
             outcomes.append(outcome)
             if bar is not None:
                 bar.set_description(outcome.shape.name)
@@ -206,14 +240,36 @@ def _finish(args: argparse.Namespace, outcomes: list[Any], info: dict[str, Any],
         print(report.document(outcomes, info, total, elapsed))
     elif args.json:
         Path(args.json).write_text(report.document(outcomes, info, total, elapsed) + "\n", encoding="utf-8")
-    if s["all_cache_hits"]:
+    if args.verify:
+        print(f"{s['verified']} verified, {s['replaced']} replaced, {s['unverified']} not re-timed (heavy load), "
+              f"{s['missing']} without a stored decision, {s['failed']} failed, in {elapsed:.1f} s; decisions in "
+              f"{cache_path}", file=human)
+        if not total:
+            print(f"{PROG}: no stored decisions for this machine in {cache_path}", file=sys.stderr)
+    elif s["all_cache_hits"]:
         print(f"all {total} shapes were cache hits (0 trials run); decisions in {cache_path}", file=human)
     else:
-        print(f"{s['tuned']} tuned, {s['cached']} cache hits, {s['failed']} failed, {s['trials_run']} trials "
-              f"in {elapsed:.1f} s; decisions in {cache_path}", file=human)
+        retimed = f", {s['verified'] + s['replaced']} provisional re-timed" if s['verified'] + s['replaced'] else ""
+        print(f"{s['tuned']} tuned, {s['provisional']} provisional, {s['cached']} cache hits{retimed}, "
+              f"{s['failed']} failed, {s['trials_run']} trials in {elapsed:.1f} s; decisions in {cache_path}",
+              file=human)
+    lock = info.get("timing_lock") or {}
+    if lock.get("waits"):
+        print(f"{PROG}: waited {lock['waits']} time(s), {lock['waited_s']:.1f} s in all, for the timing lock while "
+              "another tuner was timing", file=sys.stderr)
+    if s["provisional"]:
+        names = ", ".join(o.shape.name for o in outcomes if o.status == "provisional")
+        shapes = f" --shapes {args.shapes}" if args.shapes else ""
+        print(f"{PROG}: {s['provisional']} decision(s) were taken under heavy load ({names}): stored as "
+              f"provisional, used by 'auto' and re-timed by the next run; run '{PROG} --verify{shapes}' when the "
+              "machine is quiet, or pass --allow-noisy to store them as final", file=sys.stderr)
+    if s["unverified"]:
+        print(f"{PROG}: {s['unverified']} stored decision(s) were not re-timed: the machine is under heavy load; "
+              "nothing was replaced. Run again when it is quiet, or pass --allow-noisy", file=sys.stderr)
     if interrupted:
-        saved = s["tuned"]
-        print(f"{PROG}: interrupted: {saved} newly decided shape(s) saved, {total - s['tuned'] - s['cached']} "
+        saved = s["tuned"] + s["provisional"]
+        decided = saved + s["cached"] + s["verified"] + s["replaced"] + s["unverified"]
+        print(f"{PROG}: interrupted: {saved} newly decided shape(s) saved, {total - decided} "
               "not decided; run again to continue", file=sys.stderr)
         return 130
     if s["failed"]:

@@ -3,6 +3,9 @@
 Every candidate first runs once on fresh random inputs and is compared with the reference (computed once
 per problem). A candidate that breaks a constraint, fails to compile or launch, runs out of memory, exceeds
 the time limit or mismatches scores infinity with its reason; it can never be chosen.
+
+The check runs outside the machine-wide timing lock (it may compile); each timer call runs inside it, inside
+a load window, and every call's samples and load are kept (:attr:`Evaluator.measured`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import numpy as np
 from ..measure import copies_for, mismatch, random_inputs
 from ..problem import ConvProblem
 from ..strategy import Plan
-from .result import Trial, plan_id
+from .evidence import Measurement
+from .load import Load
+from .result import plan_id
 from .target import Target
+from .timing import as_samples
 
 Reference = Callable[[ConvProblem, np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
@@ -34,8 +40,9 @@ class Evaluator:
         x, w, b = self.host[0]
         self.expected = np.asarray(reference(problem, x, w, b))
         self.inputs = [tuple(None if a is None else target.to_device(a) for a in triple) for triple in self.host]
-        self.table = target.module.TABLES[problem.direction]
+        self.table = target.table(problem)
         self.seen: dict[Any, tuple[float, str, str]] = {}
+        self.measured: dict[Any, list[Measurement]] = {}
 
     def __call__(self, plan: Plan) -> tuple[float, str, str]:
         pid = plan_id(plan)
@@ -67,42 +74,49 @@ class Evaluator:
         return self.time(plan)
 
     def time(self, plan: Plan) -> tuple[float, str, str]:
-        """Time a candidate that already passed the check."""
+        """Time a candidate that already passed the check: ``(median seconds, status, reason)``."""
+        m = self.measure(plan)
+        return m.seconds, m.status, m.reason
+
+    def measure(self, plan: Plan) -> Measurement:
+        """One timer call under the timing lock and a load window; kept in :attr:`measured`."""
         execute = self.target.module.execute
         counter = itertools.count()
 
         def run() -> Any:
             return execute(self.problem, plan, *self.inputs[next(counter) % len(self.inputs)])
 
-        try:
-            seconds = float(self.target.timer(run, plan))
-        except Exception as e:
-            return self._failure(e)
-        if not math.isfinite(seconds) or seconds <= 0:
-            return math.inf, "error", f"the timer returned {seconds!r}"
-        if seconds > self.limit:
-            return math.inf, "timeout", f"median {seconds:.3g} s, over the {self.limit:.3g} s limit"
-        return seconds, "ok", ""
+        with self.target.lock():
+            window = self.target.load()
+            try:
+                raw = self.target.timer(run, plan)
+                error = None
+            except Exception as e:
+                raw, error = None, e
+            load = window()
+        if error is not None:
+            m = Measurement((), load, *self._failure(error)[1:])
+        else:
+            m = self._judge(as_samples(raw), load)
+        self.measured.setdefault(plan_id(plan), []).append(m)
+        return m
 
-    def confirm(self, finalists: list[Trial], rounds: int) -> dict[Any, float]:
-        """Re-time the finalists in interleaved rounds; each keeps the lowest of its medians.
+    def _judge(self, samples: tuple[float, ...], load: Load) -> Measurement:
+        if not samples or not all(math.isfinite(t) and t > 0 for t in samples):
+            bad = next((t for t in samples if not (math.isfinite(t) and t > 0)), None)
+            return Measurement((), load, "error", f"the timer returned {bad!r}")
+        m = Measurement(samples, load)
+        if m.seconds > self.limit:
+            return Measurement((), load, "timeout", f"median {m.seconds:.3g} s, over the {self.limit:.3g} s limit")
+        return m
 
-        Interleaving spreads a transient slowdown (another process, a clock change) over all finalists
-        instead of pinning it on whichever was timed at the wrong moment. A finalist measured by another
-        process sharing the study is checked here first.
-        """
-        best: dict[Any, float] = {}
-        for t in finalists:
-            seconds, status, _ = self(t.plan)
-            if status == "ok":
-                best[plan_id(t.plan)] = min(t.time_s, seconds)
-        for _ in range(rounds):
-            for t in finalists:
-                pid = plan_id(t.plan)
-                if pid in best:
-                    seconds, status, _ = self.time(t.plan)
-                    best[pid] = min(best[pid], seconds) if status == "ok" else math.inf
-        return best
+    def load(self) -> Load:
+        """The load over every timer call so far."""
+        total = Load()
+        for ms in self.measured.values():
+            for m in ms:
+                total = total + m.load
+        return total
 
     def _failure(self, e: Exception) -> tuple[float, str, str]:
         status = self.target.classify(e)

@@ -2,7 +2,9 @@
 
 ``set_autotune(True)`` or ``GPUCONV_AUTOTUNE=1`` asks for it. The hook is installed when this module is
 imported (``import gpuconv`` does) and reads the switch only on a cache miss, which happens once per problem
-and process; the runtime never imports the tuner.
+and process; the runtime never imports the tuner. The tuner's rules hold here too, with a smaller budget:
+timings under the machine-wide lock, the heuristic's choice kept unless beaten beyond the noise, and a
+decision taken under heavy load stored as provisional (used; re-timed by the next ``python -m gpuconv.autotune``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import warnings
 from dataclasses import dataclass, field
 
 from .. import plan as _plan
-from ..measure import CpuTimer, CudaEventTimer
 from ..problem import ConvProblem
 from ..strategy import Plan
 from . import search
 from .target import make_target
+from .timing import SampledCpuTimer, SampledCudaTimer
 
 ENV = "GPUCONV_AUTOTUNE"
 _AUTOTUNE: bool | None = None
@@ -60,6 +62,8 @@ class _FirstCall:
 
 _FIRST_CALL = _FirstCall()
 FIRST_CALL_TRIALS = 12
+#: The race on a first call: the two fastest candidates and the heuristic's choice, at most this many rounds.
+FIRST_CALL_ROUNDS = 10
 
 
 def tune_on_first_call(problem: ConvProblem, backend: str, device: int = 0) -> Plan | None:
@@ -72,11 +76,12 @@ def tune_on_first_call(problem: ConvProblem, backend: str, device: int = 0) -> P
         return None
     _FIRST_CALL.attempted.add((backend, problem))
     try:
-        target = make_target(backend, timer=CpuTimer(repeat=10, budget_s=0.2) if backend == "cpu"
-                             else CudaEventTimer(repeat=20, budget_s=0.3))
+        target = make_target(backend, timer=SampledCpuTimer(repeat=10, budget_s=0.2) if backend == "cpu"
+                             else SampledCudaTimer(repeat=20, budget_s=0.3))
         print(f"gpuconv: tuning {problem.x_shape} x {problem.w_shape} ({problem.dtype}) on {backend} on its first "
               "call (set_autotune(False) or GPUCONV_AUTOTUNE=0 turns this off)", file=sys.stderr, flush=True)
-        result = search.tune(problem, target, trials=FIRST_CALL_TRIALS, timeout=60.0)
+        result = search.tune(problem, target, trials=FIRST_CALL_TRIALS, timeout=60.0, finalists_n=2,
+                             max_rounds=FIRST_CALL_ROUNDS)
         if result.best is None:
             return None
         _plan.store_decision(problem, backend, result.best, result.metrics(), device=device)

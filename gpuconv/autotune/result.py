@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..problem import ConvProblem
 from ..strategy import Plan
+from .load import LEVELS, Load
+
+if TYPE_CHECKING:  # evidence imports this module
+    from .evidence import Evidence
 
 #: Failed candidates kept per entry in the cache and the JSON output (the count is always complete).
 MAX_FAILURES_KEPT = 20
@@ -15,13 +19,17 @@ MAX_FAILURES_KEPT = 20
 
 @dataclass(frozen=True)
 class Trial:
-    """One evaluated candidate. ``time_s`` is ``inf`` unless ``status == "ok"``."""
+    """One evaluated candidate. ``time_s`` is ``inf`` unless ``status == "ok"``; ``samples`` are the seconds of
+    each timed run of its search measurement (empty for a trial another process measured), ``contention`` the
+    fraction of the machine other work took meanwhile (None where unknown)."""
 
     number: int
     plan: Plan
     time_s: float
     status: str
     reason: str = ""
+    samples: tuple[float, ...] = ()
+    contention: float | None = None
 
 
 @dataclass
@@ -29,8 +37,9 @@ class TuneResult:
     """The outcome of :func:`tune` for one problem.
 
     Attributes:
-        best: the fastest candidate that matched the reference, or None if none did; ``best_time_s`` is
-            its lowest median over the search and the confirmation rounds.
+        best: the decision: the fastest correct candidate if the timings separate it from the heuristic's
+            choice, else that choice; None if no candidate was correct. ``best_time_s`` is its median over
+            the decision's rounds.
         heuristic: the backend's default plan (trial 0); ``heuristic_time_s`` (timed like ``best``) is
             ``inf`` if it failed.
         trials: every finished trial of the study (all processes sharing its storage), by number.
@@ -38,6 +47,10 @@ class TuneResult:
         space_size: the number of valid points (exhaustive) or the size of the unconstrained product (tpe).
         jax_time_s: ``jax.lax`` on the same device with the same timer, when asked for and available.
         interrupted: the search was stopped before its budget; ``best`` is the best found so far.
+        evidence: the interleaved rounds the decision rests on (None when interrupted or nothing was correct).
+        search_load: the machine's load over the search's timings.
+        provisional: the decision was taken under heavy load: used, but re-validated by the next run of the
+            tuner (``--verify``) instead of being trusted as final.
     """
 
     problem: ConvProblem
@@ -53,6 +66,20 @@ class TuneResult:
     jax_time_s: float | None = None
     interrupted: bool = False
     trials_run: int = 0
+    evidence: Evidence | None = None
+    search_load: Load = Load()
+    provisional: bool = False
+
+    @property
+    def load(self) -> Load:
+        """The load over every timing of this run (the search and the decision's rounds)."""
+        return self.search_load + (self.evidence.load if self.evidence is not None else Load())
+
+    @property
+    def load_level(self) -> str:
+        """The worse of the search's and the decision's load levels."""
+        levels = [self.search_load.level] + ([self.evidence.load.level] if self.evidence is not None else [])
+        return max(levels, key=LEVELS.index)
 
     @property
     def failed(self) -> list[Trial]:
@@ -88,6 +115,9 @@ class TuneResult:
             "failures": [{"strategy": t.plan.strategy, "params": dict(t.plan.params), "status": t.status,
                           "reason": t.reason} for t in self.failed[:MAX_FAILURES_KEPT]],
             "elapsed_s": self.elapsed_s,
+            "provisional": self.provisional,
+            "load": {**self.load.to_dict(), "level": self.load_level, "search": self.search_load.to_dict()},
+            "evidence": self.evidence.to_dict() if self.evidence is not None else None,
         }
 
 
