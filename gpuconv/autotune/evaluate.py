@@ -20,9 +20,8 @@ import numpy as np
 from ..measure import copies_for, mismatch, random_inputs
 from ..problem import ConvProblem
 from ..strategy import Plan
-from .evidence import Measurement
+from .evidence import Measurement, plan_id
 from .load import Load
-from .result import plan_id
 from .target import Target
 from .timing import as_samples
 

@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 
 from ..strategy import Plan
 from .load import Load
-from .result import plan_id
 
 #: The confidence of the interval a decision needs.
 CONFIDENCE = 0.95
@@ -72,6 +71,11 @@ def signed_rank_interval(d: Sequence[float], confidence: float = CONFIDENCE) -> 
     if k == 0:
         return -math.inf, estimate, math.inf
     return walsh[k - 1], estimate, walsh[len(walsh) - k]
+
+
+def plan_id(plan: Plan) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """What identifies a candidate: its strategy and parameters (not where the plan came from)."""
+    return plan.strategy, tuple(sorted((k, int(v)) for k, v in plan.params.items()))
 
 
 def spread(values: Sequence[float]) -> float | None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from ..problem import ConvProblem
 from ..strategy import Plan
+from .evidence import Evidence
 from .load import LEVELS, Load
-
-if TYPE_CHECKING:  # evidence imports this module
-    from .evidence import Evidence
 
 #: Failed candidates kept per entry in the cache and the JSON output (the count is always complete).
 MAX_FAILURES_KEPT = 20
@@ -129,10 +127,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
-
-
-def plan_id(plan: Plan) -> tuple[str, tuple[tuple[str, int], ...]]:
-    return plan.strategy, tuple(sorted((k, int(v)) for k, v in plan.params.items()))
 
 
 def trial_params(plan: Plan) -> dict[str, Any]:

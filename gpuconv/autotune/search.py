@@ -27,9 +27,9 @@ from ..measure import jax_runner
 from ..problem import ConvProblem
 from ..strategy import Plan
 from .evaluate import Evaluator, Reference
-from .evidence import CONFIDENCE, MARGIN, Evidence, Measurement, race
+from .evidence import CONFIDENCE, MARGIN, Evidence, Measurement, plan_id, race
 from .load import LOADED, Load
-from .result import Trial, TuneResult, plan_id, product, trial_params
+from .result import Trial, TuneResult, product, trial_params
 from .storage import optuna_module, quiet_optuna
 from .target import Target, make_target
 from .timing import as_samples

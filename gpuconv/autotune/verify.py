@@ -19,8 +19,7 @@ from .. import reference as _reference
 from ..problem import ConvProblem
 from ..strategy import Plan
 from .evaluate import Evaluator, Reference
-from .evidence import CONFIDENCE, MARGIN, Evidence, race
-from .result import plan_id
+from .evidence import CONFIDENCE, MARGIN, Evidence, plan_id, race
 from .search import checked
 from .target import Target
 
