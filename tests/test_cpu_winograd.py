@@ -17,6 +17,7 @@ from helpers import Case, assert_matches, random_inputs
 import gpuconv
 from gpuconv import cpu, reference
 from gpuconv.cpu import winograd, winograd_gemm
+from gpuconv.measure import tolerance
 from gpuconv.problem import make_problem
 from gpuconv.strategy import Plan
 
@@ -324,3 +325,16 @@ def test_f4x4_nonfinite_placement_matches_torch(value: float, where: str) -> Non
         assert np.array_equal(test(out), test(expected)), f"{test.__name__} positions differ"
     assert np.isfinite(out).any()
     assert_matches(out, expected, problem)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cg", [winograd.F4_MIN_CHANNELS, 64])
+def test_f4x4_error_stays_under_half_the_tolerance(cg: int, dtype: str) -> None:
+    """What :data:`winograd.F4_MIN_CHANNELS` promises: from there on, half the tolerance is still a margin."""
+    case = Case((2, cg, 24, 24), (16, cg, 3, 3), padding=1)
+    problem = case.problem(dtype)
+    x, w, _ = random_inputs(case, dtype)
+    exact = reference.run_problem(case.problem("float64"), x.astype(np.float64), w.astype(np.float64), None)
+    rtol, atol = tolerance(problem)
+    out = cpu.execute(problem, PLAN4, x, w, None).astype(np.float64)
+    assert np.max(np.abs(out - exact) / (atol + rtol * np.abs(exact))) < 0.5
