@@ -11,7 +11,7 @@ lock) and :mod:`.verify` (re-time stored decisions). Importing this package does
 """
 
 from ..measure import CpuTimer, CudaEventTimer, Timer, mismatch, tolerance
-from .evidence import Evidence, race, signed_rank_interval
+from .evidence import Evidence, median_interval, race
 from .first_call import autotune_enabled, set_autotune, tune_on_first_call
 from .load import Load, system_load
 from .result import Trial, TuneResult
@@ -24,5 +24,5 @@ from .workload import Outcome, tune_shapes, verify_shapes
 
 __all__ = ["CpuTimer", "CudaEventTimer", "Evidence", "Load", "Outcome", "SampledCpuTimer", "SampledCudaTimer",
            "Samples", "Target", "Timer", "TimingLock", "Trial", "TuneResult", "Verification", "autotune_enabled",
-           "make_storage", "make_target", "mismatch", "race", "resolve_backend", "set_autotune", "signed_rank_interval",
+           "make_storage", "make_target", "mismatch", "race", "resolve_backend", "set_autotune", "median_interval",
            "system_load", "tolerance", "tune", "tune_on_first_call", "tune_shapes", "verify", "verify_shapes"]

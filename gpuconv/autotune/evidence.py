@@ -4,8 +4,8 @@ The finalists (the search's fastest few and the *incumbent*: the heuristic's cho
 being verified) are timed in rounds; in each round every finalist is timed once, in an order that rotates,
 so a slowdown of the machine lands on all of them rather than on whichever ran at that moment. Two
 finalists are compared through their per-round time ratios: pairing by round cancels what a round shares
-(drift, a busy minute), and the median of the log ratios gets an exact Wilcoxon signed-rank confidence
-interval (Hodges-Lehmann), which an outlier moves by one rank, not by its size.
+(drift, a busy minute), and the median of the ratios gets the sign test's distribution-free confidence
+interval (order statistics), which an outlier round moves by one position, not by its size.
 
 After ``min_rounds``, a finalist whose interval against the leader lies wholly beyond ``margin`` is dropped,
 and so is one whose interval against the incumbent shows it cannot be faster by ``margin`` (it could never
@@ -17,7 +17,6 @@ incumbent beyond the measured noise.
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 from contextlib import AbstractContextManager
@@ -33,44 +32,37 @@ CONFIDENCE = 0.95
 MARGIN = 0.02
 
 
-@functools.cache
-def _signed_rank_cdf(n: int) -> tuple[float, ...]:
-    """``P(W+ <= t)`` for ``t = 0 .. n(n+1)/2`` under the null (exact, by counting subsets of ranks)."""
-    counts = [1] + [0] * (n * (n + 1) // 2)
-    for rank in range(1, n + 1):
-        for t in range(len(counts) - 1, rank - 1, -1):
-            counts[t] += counts[t - rank]
-    total, acc, out = 2.0 ** n, 0, []
-    for c in counts:
-        acc += c
-        out.append(acc / total)
-    return tuple(out)
+def _rank(n: int, confidence: float) -> int:
+    """The largest ``k`` with ``P(B <= k - 1) <= (1 - confidence) / 2`` for ``B ~ Binomial(n, 1/2)``; 0 if none."""
+    tail, acc, k = (1 - confidence) / 2, 0.0, 0
+    while k < n:
+        acc += math.comb(n, k) / 2.0 ** n
+        if acc > tail:
+            break
+        k += 1
+    return k
 
 
-def signed_rank_interval(d: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """``(low, estimate, high)``: a ``confidence`` interval for the centre of ``d`` and its Hodges-Lehmann estimate.
+def median_interval(d: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """``(low, median, high)``: a distribution-free ``confidence`` interval for the median of ``d``.
 
-    The interval is bounded by order statistics of the Walsh averages ``(d_i + d_j) / 2, i <= j``; the rank
-    ``k`` is the largest with ``P(W+ <= k - 1) <= (1 - confidence) / 2``. With too few values for the
+    The bounds are the order statistics ``d_(k)`` and ``d_(n+1-k)`` of the sign test: each value counts only
+    by which side of the median it falls, so a wild value (a round hit by another process) moves the
+    interval by one position whatever its size, and no symmetry is assumed. With too few values for the
     confidence asked (fewer than 6 at 95%) the interval is unbounded.
 
     Example:
-        >>> signed_rank_interval([0.1, 0.2, 0.15, 0.12, 0.18, 0.11])[0] > 0
+        >>> median_interval([0.1, 0.2, 0.15, 0.12, 0.18, 0.11])[0] > 0
         True
     """
     n = len(d)
     if n == 0:
         return -math.inf, math.nan, math.inf
-    walsh = sorted((d[i] + d[j]) / 2 for i in range(n) for j in range(i, n))
-    estimate = statistics.median(walsh)
-    cdf = _signed_rank_cdf(n)
-    tail = (1 - confidence) / 2
-    k = 0
-    while k < len(cdf) and cdf[k] <= tail:
-        k += 1
+    ordered = sorted(d)
+    k = _rank(n, confidence)
     if k == 0:
-        return -math.inf, estimate, math.inf
-    return walsh[k - 1], estimate, walsh[len(walsh) - k]
+        return -math.inf, statistics.median(ordered), math.inf
+    return ordered[k - 1], statistics.median(ordered), ordered[n - k]
 
 
 def plan_id(plan: Plan) -> tuple[str, tuple[tuple[str, int], ...]]:
@@ -132,7 +124,7 @@ def compare(a: Contender, b: Contender, confidence: float = CONFIDENCE) -> tuple
     """``(low, estimate, high)`` of the time ratio ``a / b`` over the rounds both were timed in."""
     common = sorted(set(a.rounds) & set(b.rounds))
     d = [math.log(a.rounds[r] / b.rounds[r]) for r in common]
-    lo, est, hi = signed_rank_interval(d, confidence)
+    lo, est, hi = median_interval(d, confidence)
     return math.exp(lo), math.exp(est) if math.isfinite(est) else math.nan, math.exp(hi)
 
 

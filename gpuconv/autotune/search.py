@@ -205,7 +205,8 @@ def tune(problem: ConvProblem, target: Target | str = "cpu", *, trials: int = 32
         _retime_spikes(records, evaluate)
         evidence = race(_finalists(records, evaluate, finalists_n), heuristic, checked(evaluate), target.lock,
                         min_rounds=min_rounds, max_rounds=max_rounds, confidence=confidence, margin=margin)
-        winner = evidence.chosen
+        winner = None if evidence.chosen is None else Plan(evidence.chosen.strategy, dict(evidence.chosen.params),
+                                                           "tuned")
         chosen, inc = evidence.contender(winner), evidence.contender(heuristic)
         best_time = chosen.median if chosen is not None else math.inf
         h_time = inc.median if inc is not None else math.inf
