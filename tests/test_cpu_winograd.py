@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pytest
 from helpers import Case, assert_matches, random_inputs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpuconv
 from gpuconv import cpu, reference
@@ -338,3 +340,38 @@ def test_f4x4_error_stays_under_half_the_tolerance(cg: int, dtype: str) -> None:
     rtol, atol = tolerance(problem)
     out = cpu.execute(problem, PLAN4, x, w, None).astype(np.float64)
     assert np.max(np.abs(out - exact) / (atol + rtol * np.abs(exact))) < 0.5
+
+
+# ---- hypothesis-drawn problems with enough channels for F(4x4) ------------------------------------------------
+
+@st.composite
+def _f4_cases(draw: st.DrawFn) -> Case:
+    """3x3 stride-1 problems with F4_MIN_CHANNELS to 24 input channels per group: every padding and every
+    output size modulo 4 (partial last tiles), groups, empty and small batches."""
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg = draw(st.integers(winograd.F4_MIN_CHANNELS, 24))
+    kg = draw(st.integers(1, 5))
+    n = draw(st.sampled_from([0, 1, 1, 2, 3]))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(2))
+    spatial = tuple(draw(st.integers(max(1, 3 - 2 * p), 3 - 2 * p + 13)) for p in pads)
+    padding = draw(st.sampled_from([pads, pads[0], "same"]))
+    if padding == "same":
+        spatial = tuple(max(s, 1) for s in spatial)
+    return Case((n, cg * groups, *spatial), (kg * groups, cg, 3, 3), padding=padding, groups=groups,
+                bias=draw(st.booleans()))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_f4_cases(), dtype=st.sampled_from(["float32", "float64", "float16"]), seed=st.integers(0, 2**16))
+def test_drawn_problems_match_reference_and_torch(case: Case, dtype: str, seed: int) -> None:
+    problem = case.problem(dtype)
+    x, w, b = random_inputs(case, dtype, seed)
+    expected = getattr(reference, case.fn)(x, w, b, **case.kwargs)
+    strategy = cpu.STRATEGIES["winograd"]
+    variants = [p for p in strategy.variants(problem) if p["tile"] == 4]
+    assert variants
+    for params in variants:
+        out = cpu.execute(problem, Plan("winograd", params, "forced"), x, w, b)
+        assert_matches(out, expected, problem)
+        if torch is not None and problem.n > 0 and dtype != "float16":
+            assert_matches(out, _torch(case, x, w, b).astype(dtype), problem)
