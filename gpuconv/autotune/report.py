@@ -119,8 +119,8 @@ def markdown(outcomes: Sequence[Outcome], info: Mapping[str, Any], total: int, e
         f"verified, {s['replaced']} replaced, {s['unverified']} not re-timed, {s['failed']} failed, "
         f"{s['interrupted']} interrupted, {s['not_run']} not run; {s['trials_run']} trials in {elapsed_s:.1f} s",
         "- search: `exhaustive` = every valid point of the space was tried; `tpe` = Optuna TPE sampled the space",
-        "- times: median over the decision's interleaved rounds; speedups are the heuristic's (or jax.lax's) time "
-        "over the chosen plan's",
+        "- times: median over the decision's interleaved rounds of each call's fastest run; speedups are the "
+        "heuristic's (or jax.lax's) time over the chosen plan's",
         "- evidence: the fastest finalist's time over the incumbent's (the heuristic's choice, or the stored "
         "decision when verifying), its 95% interval, and the rounds; a finalist replaces the incumbent only when "
         "the interval lies below 1 by more than the margin",

@@ -80,7 +80,7 @@ def _finalists(records: list[Trial], evaluate: Evaluator, n: int) -> list[Plan]:
         if r.status != "ok" or not math.isfinite(r.time_s):
             continue
         pid = plan_id(r.plan)
-        seconds = min([r.time_s, *(m.seconds for m in evaluate.measured.get(pid, ()))])
+        seconds = min([r.time_s, *(m.fastest for m in evaluate.measured.get(pid, ()))])
         if pid not in fastest or (seconds, r.number) < fastest[pid][:2]:
             fastest[pid] = (seconds, r.number, r.plan)
     return [p for _, _, p in sorted(fastest.values(), key=lambda v: v[:2])[:n]]
