@@ -216,6 +216,7 @@ NONFINITE_CASES = [
     Case((1, 4, 9, 9), (8, 1, 3, 3), groups=4, padding=1),
     Case((1, 6, 8, 8), (5, 6, 1, 1)),
     Case((1, 3, 30), (4, 3, 5), padding=2, dilation=2),
+    Case((1, 16, 10, 9), (4, 16, 3, 3), padding=1),  # enough channels for Winograd F(4x4)
 ]
 
 

@@ -12,7 +12,10 @@ Strategies:
     fft: spectra products for large kernels (float64 transforms; non-finite inputs fall back to im2col).
     depthwise: ``groups == C``: broadcasted multiply-adds per tap.
     pointwise: 1x1 unpadded kernels: one GEMM per image, no copies.
-    winograd: 3x3 stride-1 kernels: Winograd F(2x2, 3x3), 16 batched GEMMs with 2.25x fewer multiplies.
+    winograd: 3x3 stride-1 kernels: Winograd F(4x4, 3x3) or F(2x2, 3x3), 36 or 16 batched GEMMs, 4x or 2.25x
+        fewer multiplies.
+    blocked: im2col with the batch side by side in the columns, built per block of input channels (wider
+        GEMMs on small images; for the tuner, the heuristic does not pick it).
 
 The gradients have tables of their own (:data:`TABLES`), with the same ``run(problem, a, b, **params)``: the
 input gradient reads ``dy (N, K, P, Q)`` and ``w`` and returns ``dx (N, C, H, W)`` (``col2im``, ``direct``); the
@@ -30,6 +33,7 @@ import numpy as np
 from ..problem import ConvProblem
 from ..strategy import CpuRun, Params, Plan, Strategy
 from . import _views
+from . import blocked as _blocked
 from . import depthwise as _depthwise
 from . import direct as _direct
 from . import fft as _fft
@@ -57,7 +61,10 @@ STRATEGIES: dict[str, Strategy[CpuRun]] = {
                  **_WIDE),
         Strategy("pointwise", _pointwise.pointwise, _pointwise.supports, "a 1x1 kernel and no padding"),
         Strategy("winograd", _winograd.winograd, _winograd.supports,
-                 "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group"),
+                 "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group",
+                 space=_winograd.SPACE, constraints=_winograd.CONSTRAINTS, defaults=_winograd.DEFAULTS,
+                 prepare=_winograd.prepare),
+        Strategy("blocked", _blocked.blocked, space=_blocked.SPACE, defaults=_blocked.DEFAULTS),
     )
 }
 
@@ -123,7 +130,7 @@ _RULES: list[tuple[str, Callable[[ConvProblem], bool], Callable[[ConvProblem], d
     ("pointwise", lambda p: True, _no_params),
     ("depthwise", lambda p: p.groups > 1, _depthwise_wide),
     ("fft", lambda p: p.r * p.s >= 25 and _fft_pays(p), _no_params),
-    ("winograd", lambda p: _winograd_pays(p), _no_params),
+    ("winograd", lambda p: _winograd_pays(p), lambda p: _winograd.heuristic_params(p)),
     ("direct", _cols_too_large, _wide),
     ("im2col", lambda p: True, _wide),
 ]
@@ -167,17 +174,14 @@ def heuristic(problem: ConvProblem) -> Plan:
 
 
 def _winograd_pays(problem: ConvProblem) -> bool:
-    """Whether Winograd F(2x2, 3x3) is expected to beat im2col: wide channels and enough 2x2 output tiles.
+    """Whether Winograd (F(4x4) or F(2x2)) is expected to beat im2col/direct: enough channels and tiles.
 
-    Its transforms cost O(C + K) per tile against a GEMM of O(C K / 2.25): below 128 input channels per
-    group they eat the saving (ResNet-50 res2, 64 channels at 56x56: 0.84x im2col). Its filter transform
-    costs 16 K C/G, paid once per call: with too few tiles it outweighs the GEMM (res5, 512 channels at 7x7
-    and batch 1, 16 tiles: 0.68x; at batch 8, 128 tiles: 1.28x). res3 (196 tiles) and res4 (49) gain ~1.1x
-    at batch 1 and res3 1.25x at batch 8. Large images lose again, their transformed tiles no longer fitting
-    the caches (VGG-16 128 channels at 112x112, 3136 tiles: 0.68x; 128 -> 256 at 56x56, 784 tiles: 1.03x).
+    The thresholds are data (``gpuconv/cpu/winograd_rules.json``), fitted to a grid of 3x3 layers timed on a
+    2-core AMD EPYC by ``python -m benchmarks.winograd_grid``; :func:`gpuconv.cpu.winograd.preferred_tile`
+    applies them. Few tiles lose: each of the 36 (16) products then reads a transformed filter as large as
+    4x (1.8x) the weights for a handful of rows (ResNet-50 res5, 512 channels at 7x7 and batch 1).
     """
-    tiles = problem.n * ((problem.p + 1) // 2) * ((problem.q + 1) // 2)
-    return _winograd.supports(problem) and problem.cg >= 128 and 48 <= tiles <= 1024
+    return _winograd.preferred_tile(problem) is not None
 
 
 # Rates measured on a 2-core AMD EPYC (no AVX-512) with NumPy's OpenBLAS and scipy's pocketfft, used only to compare
