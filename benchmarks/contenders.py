@@ -23,7 +23,7 @@ import numpy as np
 import gpuconv
 import gpuconv.grad
 from gpuconv.backends import get_backend
-from gpuconv.measure import conv_kwargs
+from gpuconv.measure import conv_kwargs, jax_dtype_scope
 from gpuconv.problem import DIRECTIONS, ConvProblem
 
 from .machine import cores
@@ -197,9 +197,17 @@ def _jax(backend: str) -> Contender:
                 "weight": lambda x, dy: jax.linear_transpose(lambda w: forward(x, w), like(problem.w_shape))(dy)[0],
                 }[problem.direction]
         f = jax.jit(conv)
-        ad, bd = jax.device_put(a, device), jax.device_put(b, device)
-        f(ad, bd).block_until_ready()  # compile outside timing
-        return lambda: f(ad, bd).block_until_ready()
+        with jax_dtype_scope(jax, problem.dtype):
+            ad, bd = jax.device_put(a, device), jax.device_put(b, device)
+            f(ad, bd).block_until_ready()  # compile outside timing
+        if problem.dtype != "float64":
+            return lambda: f(ad, bd).block_until_ready()
+
+        def run() -> Any:
+            with jax_dtype_scope(jax, problem.dtype):
+                return f(ad, bd).block_until_ready()
+
+        return run
 
     engine = "XLA, cuDNN" if backend == "cuda" else "XLA CPU"
     return Contender("jax", f"jax.lax ({engine})", "peer", "wall", setup, np.asarray, _jax_supports,

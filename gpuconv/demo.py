@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import shapes as _shapes
-from .measure import conv_kwargs, mismatch, random_inputs
+from .measure import conv_kwargs, jax_dtype_scope, mismatch, random_inputs
 from .problem import ConvProblem, make_problem
 from .strategy import Plan
 
@@ -76,9 +76,15 @@ def contenders(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, peers: boo
             a, c, problem.stride, ((t, b), (l, r)), rhs_dilation=problem.dilation,
             dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=problem.groups,
             precision=jax.lax.Precision.HIGHEST))
-        x4 = jnp.asarray(x.reshape(problem.n, problem.c, problem.h, problem.w))
-        w4 = jnp.asarray(w.reshape(problem.k, problem.cg, problem.r, problem.s))
-        out.append(Contender("jax.lax", "xla", lambda: f(x4, w4).block_until_ready()))
+        with jax_dtype_scope(jax, problem.dtype):
+            x4 = jnp.asarray(x.reshape(problem.n, problem.c, problem.h, problem.w))
+            w4 = jnp.asarray(w.reshape(problem.k, problem.cg, problem.r, problem.s))
+
+        def run_jax() -> Any:
+            with jax_dtype_scope(jax, problem.dtype):
+                return f(x4, w4).block_until_ready()
+
+        out.append(Contender("jax.lax", "xla", run_jax))
     try:
         import torch
     except ImportError:

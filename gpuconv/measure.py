@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -212,14 +213,27 @@ def jax_runner(problem: ConvProblem, backend: str, inputs: list[tuple[Any, Any, 
 
     f = jax.jit(conv)
     shape4 = {"forward": (x4, w4), "input": (y4, w4), "weight": (x4, y4)}[problem.direction]
-    placed = [(jax.device_put(x.reshape(shape4[0]), device), jax.device_put(w.reshape(shape4[1]), device),
-               None if bias is None else jax.device_put(bias, device)) for x, w, bias in inputs]
+    with jax_dtype_scope(jax, problem.dtype):
+        placed = [(jax.device_put(x.reshape(shape4[0]), device), jax.device_put(w.reshape(shape4[1]), device),
+                   None if bias is None else jax.device_put(bias, device)) for x, w, bias in inputs]
     counter = iter(range(1 << 62))
 
     def run() -> Any:
-        return f(*placed[next(counter) % len(placed)]).block_until_ready()
+        with jax_dtype_scope(jax, problem.dtype):
+            return f(*placed[next(counter) % len(placed)]).block_until_ready()
 
     return run
+
+
+def jax_dtype_scope(jax: Any, dtype: str) -> Any:
+    """A context in which JAX keeps ``dtype``: float64 needs ``jax_enable_x64``, switched on for the block only,
+    so the caller's own setting is never changed."""
+    if dtype != "float64":
+        return contextlib.nullcontext()
+    context = getattr(jax, "enable_x64", None)
+    if context is None:  # pragma: no cover - older jax
+        from jax.experimental import enable_x64 as context
+    return context(True)
 
 
 # ---- the CUDA probe ---------------------------------------------------------------------------

@@ -34,8 +34,15 @@ def _jax():
         import jax
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("gpuconv.reference needs JAX: pip install 'gpuconv[jax]'") from e
-    jax.config.update("jax_enable_x64", True)
     return jax
+
+
+def _x64(jax: Any) -> Any:
+    """float64 for the oracle's own computation only: the caller's ``jax_enable_x64`` setting stays as it was."""
+    context = getattr(jax, "enable_x64", None)
+    if context is None:  # pragma: no cover - older jax
+        from jax.experimental import enable_x64 as context
+    return context(True)
 
 
 def run_problem(problem: ConvProblem, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -61,7 +68,8 @@ def run_problem(problem: ConvProblem, x: np.ndarray, w: np.ndarray, bias: np.nda
 
     x4 = np.asarray(x, compute).reshape(x4_shape)
     w4 = np.asarray(w, compute).reshape(w4_shape)
-    y = np.asarray(forward(x4, w4), compute)
+    with _x64(jax):
+        y = np.asarray(forward(x4, w4), compute)
     if bias is not None:
         y = y + np.asarray(bias, compute)[None, :, None, None]
     return y.astype(dtype).reshape(problem.out_shape)

@@ -181,12 +181,26 @@ def test_float64_only_with_x64_enabled() -> None:
 
 
 def test_errors_at_trace_time() -> None:
-    x = jnp.ones((1, 4, 8, 8), jnp.float32)
+    # explicit dtypes: another test in the same worker may have enabled x64
+    f32 = jnp.float32
+    x = jnp.ones((1, 4, 8, 8), f32)
     with pytest.raises(TypeError, match="conv2d: x, w and bias must share one dtype"):
         jax.jit(lambda x: gj.conv2d(x, jnp.ones((2, 4, 3, 3), jnp.float16)))(x)
     with pytest.raises(ValueError, match="conv2d: x has 4 channels but w expects 6"):
-        gj.conv2d(x, jnp.ones((2, 3, 3, 3)), groups=2)
+        gj.conv2d(x, jnp.ones((2, 3, 3, 3), f32), groups=2)
     with pytest.raises(ValueError, match="conv1d: bias must have shape \\(2,\\)"):
-        gj.conv1d(jnp.ones((1, 4, 8)), jnp.ones((2, 4, 3)), jnp.ones(3))
+        gj.conv1d(jnp.ones((1, 4, 8), f32), jnp.ones((2, 4, 3), f32), jnp.ones(3, f32))
     with pytest.raises(ValueError, match="conv2d: padding='same' requires stride 1"):
-        gj.conv2d(x, jnp.ones((2, 4, 3, 3)), stride=2, padding="same")
+        gj.conv2d(x, jnp.ones((2, 4, 3, 3), f32), stride=2, padding="same")
+
+
+def test_reference_leaves_the_callers_x64_setting_alone() -> None:
+    from gpuconv import reference
+
+    before = jax.config.jax_enable_x64
+    rng = np.random.default_rng(3)
+    x, w = rng.uniform(-1, 1, (1, 2, 5, 5)), rng.uniform(-1, 1, (3, 2, 3, 3))
+    y = reference.conv2d(x, w)
+    assert y.dtype == np.float64 and jax.config.jax_enable_x64 == before
+    expected = sum(x[0, c, 1:4, 1:4].ravel() @ w[0, c].ravel() for c in range(2))
+    assert abs(y[0, 0, 1, 1] - expected) < 1e-12
