@@ -60,3 +60,6 @@ static __device__ __forceinline__ int ceil_div(const int a, const int b) { retur
 #else
 #define GPUCONV_CHECK_ALIGNED(p, n) ((void)0)
 #endif
+
+// Tensor-core mma, ldmatrix, cp.async and TF32 rounding (sm_80+ PTX; emulated per the ISA's fragment layout).
+#include "warp.cuh"

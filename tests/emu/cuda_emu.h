@@ -15,8 +15,15 @@
 // of every kernel in the file, so the 48 KiB per-kernel limit is checked on the PTX instead (see
 // tests/test_cuda_compile.py).
 //
+// Warps: lanes are consecutive linear thread indices, 32 to a warp. `__syncwarp()` parks a fiber until every
+// live lane of its warp has reached a warp barrier at the same line (a lane waiting at __syncthreads() or
+// returned instead is an error: a warp collective that not every lane executes). The warp-level primitives of
+// kernels/warp.cuh (mma, ldmatrix) are built on it and on a per-warp exchange area; cp.async copies are queued
+// per thread and performed only when the thread waits for their group, so a read before the wait sees stale
+// shared memory.
+//
 // Not supported, and rejected at compile time where possible: dynamic shared memory (`extern __shared__`),
-// warp intrinsics, atomics, streams, cooperative groups.
+// shuffles and votes, atomics, streams, cooperative groups.
 #pragma once
 
 #define GPUCONV_EMU 1
@@ -47,8 +54,22 @@ struct dim3 {
 
 namespace emu {
 
+// A cp.async copy issued but not yet performed: `bytes` read from `src` (the rest of 16 zero-filled).
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes;
+    int group;  // -1 until committed
+};
+constexpr int kMaxAsyncCopies = 256;
+
 struct ThreadState {
     uint3 thread_idx;
+    int linear;              // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
+    unsigned collectives;    // warp collectives this thread has entered (selects the exchange buffer)
+    int async_pending;       // entries used in `async`
+    int async_groups;        // groups committed so far
+    AsyncCopy async[kMaxAsyncCopies];
 };
 
 struct BlockState {
@@ -61,6 +82,11 @@ extern thread_local ThreadState* current_thread;
 extern thread_local BlockState* current_block;
 
 void syncthreads(int line);
+void syncwarp(int line);
+// The calling warp's exchange area for its next collective: 32 slots of kExchangeBytes, slot i for lane i. Two areas alternate, so a lane that has left collective n and entered n + 1
+// never overwrites what a slower lane still reads from n.
+constexpr int kExchangeBytes = 128;
+unsigned char* warp_exchange();
 [[noreturn]] void fail(const char* what, const char* file, int line);
 void check_alignment(const void* p, std::size_t align, const char* file, int line);
 
@@ -90,11 +116,16 @@ int launch(void (*f)(A...), const unsigned* grid, const unsigned* block, void** 
 
 }  // namespace emu
 
+namespace emu {
+inline int lane_id() { return current_thread->linear % 32; }
+}  // namespace emu
+
 #define threadIdx (::emu::current_thread->thread_idx)
 #define blockIdx (::emu::current_block->block_idx)
 #define blockDim (::emu::current_block->block_dim)
 #define gridDim (::emu::current_block->grid_dim)
 #define __syncthreads() ::emu::syncthreads(__LINE__)
+#define __syncwarp(...) ::emu::syncwarp(__LINE__)
 #define __trap() ::emu::fail("__trap()", __FILE__, __LINE__)
 #undef assert
 #define assert(cond) ((cond) ? (void)0 : ::emu::fail("assertion failed: " #cond, __FILE__, __LINE__))

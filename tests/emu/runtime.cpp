@@ -26,7 +26,7 @@ namespace {
 constexpr std::size_t kStackSize = 256 * 1024;
 constexpr int kMaxThreads = 1024;
 
-enum State { kRunnable, kAtBarrier, kDone };
+enum State { kRunnable, kAtBarrier, kAtWarpBarrier, kDone };
 
 struct Fiber {
     ucontext_t ctx;
@@ -54,6 +54,8 @@ std::mutex launch_mutex;  // shared memory is one static region per library: one
 Fiber* pool[kMaxThreads];
 int pool_size = 0;
 char alt_stack[64 * 1024];
+constexpr int kMaxWarps = kMaxThreads / 32;
+alignas(16) unsigned char exchange[kMaxWarps][2][32 * kExchangeBytes];
 
 void report(Run* run, const char* fmt, ...) {
     if (run->failed) return;
@@ -109,6 +111,38 @@ unsigned long long next_random(unsigned long long& s) {  // xorshift64*
     return s * 2685821657736338717ULL;
 }
 
+// After a pass in which every fiber ran until it blocked: make runnable the lanes of each warp that all wait
+// at one warp barrier; returns whether any did. A warp with some lanes at a warp barrier and others
+// elsewhere (at __syncthreads, returned, or at another line) would hang on the GPU: reported.
+bool release_warps(Run* run) {
+    bool released = false;
+    for (int w0 = 0; w0 < run->nthreads; w0 += 32) {
+        const int w1 = w0 + 32 < run->nthreads ? w0 + 32 : run->nthreads;
+        Fiber* at = nullptr;
+        for (int i = w0; i < w1; ++i)
+            if (run->fibers[i]->state == kAtWarpBarrier) at = run->fibers[i];
+        if (at == nullptr) continue;
+        for (int i = w0; i < w1; ++i) {
+            Fiber* f = run->fibers[i];
+            if (f->state != kAtWarpBarrier || f->barrier_line != at->barrier_line) {
+                const uint3 &a = at->ts.thread_idx, &b = f->ts.thread_idx;
+                report(run,
+                       "block (%u,%u,%u) warp %d: thread (%u,%u,%u) waits at the warp collective at line %d but "
+                       "thread (%u,%u,%u) %s (line %d)",
+                       run->block.block_idx.x, run->block.block_idx.y, run->block.block_idx.z, w0 / 32, a.x, a.y,
+                       a.z, at->barrier_line, b.x, b.y, b.z,
+                       f->state == kDone ? "has returned" : f->state == kAtBarrier ? "waits at __syncthreads()"
+                                                                                  : "waits at another collective",
+                       f->barrier_line);
+                return false;
+            }
+        }
+        for (int i = w0; i < w1; ++i) run->fibers[i]->state = kRunnable;
+        released = true;
+    }
+    return released;
+}
+
 // Run one block to completion; returns false after an error (already reported).
 bool run_block(Run* run, unsigned long long& rng, bool shuffle) {
     if (__start_emu_shared != nullptr) std::memset(__start_emu_shared, 0xFF, __stop_emu_shared - __start_emu_shared);
@@ -116,6 +150,10 @@ bool run_block(Run* run, unsigned long long& rng, bool shuffle) {
     for (int i = 0; i < run->nthreads; ++i) {
         Fiber* f = run->fibers[i];
         f->ts.thread_idx = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
+        f->ts.linear = i;
+        f->ts.collectives = 0;
+        f->ts.async_pending = 0;
+        f->ts.async_groups = 0;
         f->state = kRunnable;
         f->barrier_line = 0;
         getcontext(&f->ctx);
@@ -130,15 +168,18 @@ bool run_block(Run* run, unsigned long long& rng, bool shuffle) {
         if (shuffle) {
             for (int i = run->nthreads - 1; i > 0; --i) std::swap(order[i], order[next_random(rng) % (i + 1)]);
         }
-        for (int j = 0; j < run->nthreads; ++j) {
-            Fiber* f = run->fibers[order[j]];
-            if (f->state != kRunnable) continue;
-            run->running = f;
-            current_thread = &f->ts;
-            swapcontext(&run->scheduler, &f->ctx);
-            if (run->failed) return false;
-        }
-        run->running = nullptr;
+        do {  // run every runnable fiber; then release the warps whose lanes all wait at a warp barrier
+            for (int j = 0; j < run->nthreads; ++j) {
+                Fiber* f = run->fibers[order[j]];
+                if (f->state != kRunnable) continue;
+                run->running = f;
+                current_thread = &f->ts;
+                swapcontext(&run->scheduler, &f->ctx);
+                if (run->failed) return false;
+            }
+            run->running = nullptr;
+        } while (release_warps(run));
+        if (run->failed) return false;
         Fiber* done = nullptr;
         Fiber* waiting = nullptr;
         for (int i = 0; i < run->nthreads; ++i) {
@@ -179,6 +220,19 @@ void syncthreads(int line) {
     f->state = kAtBarrier;
     f->barrier_line = line;
     swapcontext(&f->ctx, &run->scheduler);
+}
+
+void syncwarp(int line) {
+    Run* run = current_run;
+    Fiber* f = run->running;
+    f->state = kAtWarpBarrier;
+    f->barrier_line = line;
+    swapcontext(&f->ctx, &run->scheduler);
+}
+
+unsigned char* warp_exchange() {
+    ThreadState& ts = current_run->running->ts;
+    return exchange[ts.linear / 32][ts.collectives++ & 1u];
 }
 
 void fail(const char* what, const char* file, int line) {
