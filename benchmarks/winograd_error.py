@@ -6,6 +6,10 @@ uniform in [-1, 1), and compares each with the float64 result of the same rounde
 channel count, the largest error in units of the compute dtype's epsilon and as a fraction of
 :func:`gpuconv.measure.tolerance` (the number the tests and the tuner's check compare with 1), and writes
 the table as JSON with ``--out``. ``gpuconv.cpu.winograd.F4_MIN_CHANNELS`` comes from this table.
+
+``--direction weight`` measures the weight gradient instead (:mod:`gpuconv.cpu.grad_weight_winograd`, the
+transposed F(m x m)) against the GEMM path, ``dy`` uniform in [-1, 1) too; its sums run over the batch and the
+output grid, so the images vary as well as the channels.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gpuconv import reference
-from gpuconv.cpu import winograd
+from gpuconv.cpu import grad_weight, grad_weight_winograd, winograd
 from gpuconv.cpu.im2col import im2col
 from gpuconv.measure import tolerance
 from gpuconv.problem import make_problem
@@ -47,17 +51,42 @@ def measure(cg: int, n: int, hw: int, dtype: str, k: int = 16, groups: int = 1, 
     return row
 
 
+def measure_weight(cg: int, n: int, hw: int, dtype: str, k: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Errors of the weight gradient's GEMM path, F(2x2) and F(4x4) on one problem, padding 1."""
+    problem = make_problem("conv2d_weight", (n, cg, hw, hw), (k, cg, 3, 3), dtype, False, padding=1,
+                           direction="weight")
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, cg, hw, hw)).astype(dtype)
+    dy = rng.uniform(-1, 1, problem.out_shape4).astype(dtype)
+    exact = reference.run_problem(make_problem("conv2d_weight", x.shape, (k, cg, 3, 3), "float64", False, padding=1,
+                                               direction="weight"), x.astype(np.float64), dy.astype(np.float64))
+    rtol, atol = tolerance(problem)
+    eps = float(np.finfo(dtype).eps)
+    row: dict[str, Any] = {"cg": cg, "n": n, "hw": hw, "k": k, "groups": 1, "outputs": int(exact.size)}
+    runs = {"im2col": lambda: grad_weight.im2col(problem, x, dy),
+            "f2x2": lambda: grad_weight_winograd.winograd(problem, x, dy, 2, 64),
+            "f4x4": lambda: grad_weight_winograd.winograd(problem, x, dy, 4, 64)}
+    for name, run in runs.items():
+        err = np.abs(run().astype(np.float64).reshape(exact.shape) - exact)
+        of_tolerance = float((err / (atol + rtol * np.abs(exact))).max())
+        row[name] = {"max_eps": float(err.max() / eps), "of_tolerance": of_tolerance}
+    return row
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.winograd_error", description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--channels", type=int, nargs="*", default=list(CHANNELS))
+    parser.add_argument("--direction", default="forward", choices=["forward", "weight"])
     parser.add_argument("--out", help="write the table as JSON here")
     args = parser.parse_args(argv)
+    one = measure if args.direction == "forward" else measure_weight
     rows = []
-    print(f"{args.dtype}: largest error, in eps and as a fraction of the tolerance (worst over images {IMAGES})")
+    print(f"{args.direction}, {args.dtype}: largest error, in eps and as a fraction of the tolerance "
+          f"(worst over images {IMAGES})")
     print(f"{'C/G':>5} {'im2col':>18} {'F(2x2)':>18} {'F(4x4)':>18}")
     for cg in args.channels:
-        got = [measure(cg, n, hw, args.dtype) for n, hw in IMAGES if cg * n * hw * hw <= 2**22]
+        got = [one(cg, n, hw, args.dtype) for n, hw in IMAGES if cg * n * hw * hw <= 2**22]
         rows += got
         cells = []
         for name in ("im2col", "f2x2", "f4x4"):
@@ -67,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{cg:>5} " + " ".join(f"{c:>18}" for c in cells), flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"dtype": args.dtype, "images": IMAGES, "rows": rows}, f, indent=1)
+            json.dump({"direction": args.direction, "dtype": args.dtype, "images": IMAGES, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -231,7 +231,7 @@ def test_f4x4_chunks(budget: int | None, chunks: int) -> None:
     if budget is None:
         budget = winograd_gemm.scratch_bytes(problem, 4) // 2
     th, tw = winograd_gemm.tiles(problem, 4)
-    assert len(winograd_gemm._chunks(problem.n, th, tw, winograd_gemm.chunk_tiles(problem, 4, budget))) == chunks
+    assert len(winograd_gemm.chunks(problem.n, th, tw, winograd_gemm.chunk_tiles(problem, 4, budget))) == chunks
     x, w, b = random_inputs(case, "float32")
     out = winograd_gemm.winograd(problem, x, w, 4, budget)
     assert_matches(out, reference.conv2d(x, w, None, **case.kwargs), problem)

@@ -25,7 +25,7 @@ from gpuconv.cuda import STRATEGIES
 from gpuconv.cuda.compile import KernelError, compile_ptx
 from gpuconv.cuda.executor import check_launch
 from gpuconv.cuda.source import render
-from gpuconv.problem import DTYPES, ConvProblem, make_problem
+from gpuconv.problem import DTYPES, PRECISIONS, ConvProblem, make_problem
 
 ARCHS = ("compute_80", "compute_90")
 SMEM_LIMIT = 48 * 1024
@@ -58,14 +58,23 @@ class RecordingExecutor:
         self.launches.append((kernel, func, tuple(sorted(params.items())), dtype))
 
 
-def probe(name: str, dtype: str) -> ConvProblem:
+def probe(name: str, dtype: str) -> ConvProblem | None:
+    """The first probe problem the strategy supports in ``dtype`` (at any precision), None if there is none."""
     strategy = STRATEGIES[name]
     for spec in PROBES:
-        spec = dict(spec)
-        problem = make_problem("conv2d", spec.pop("x"), spec.pop("w"), dtype, True, **spec)
-        if strategy.supports(problem):
-            return problem
-    raise AssertionError(f"no probe problem for strategy {name!r}; add one to PROBES")
+        for precision in PRECISIONS:
+            spec_ = dict(spec)
+            problem = make_problem("conv2d", spec_.pop("x"), spec_.pop("w"), dtype, True, precision=precision, **spec_)
+            if strategy.supports(problem):
+                return problem
+    return None
+
+
+def probe_dtypes(name: str) -> list[str]:
+    """The dtypes a probe problem exists for; every strategy has at least one."""
+    found = [d for d in DTYPES if probe(name, d) is not None]
+    assert found, f"no probe problem for strategy {name!r}; add one to PROBES"
+    return found
 
 
 def launches_of(name: str, params: Mapping[str, int], problem: ConvProblem) -> list[Launch]:
@@ -82,7 +91,7 @@ def variant_points() -> list[tuple[str, str, tuple[tuple[str, int], ...]]]:
     """(strategy, dtype, params) to compile: the defaults, plus a deterministic sample of the valid variants."""
     points = []
     for name in sorted(STRATEGIES):
-        for dtype in DTYPES:
+        for dtype in probe_dtypes(name):
             problem = probe(name, dtype)
             variants = [tuple(sorted(v.items())) for v in STRATEGIES[name].variants(problem)]
             defaults = tuple(sorted(STRATEGIES[name].defaults.items()))
@@ -193,7 +202,7 @@ def _cubin_report(kernel: str, params: Mapping[str, int], dtype: str, tmp: Path)
     return proc.stderr + proc.stdout
 
 
-DEFAULT_LAUNCHES = sorted({(k, f, p, d) for name in sorted(STRATEGIES) for d in DTYPES
+DEFAULT_LAUNCHES = sorted({(k, f, p, d) for name in sorted(STRATEGIES) for d in probe_dtypes(name)
                            for k, f, p, d in launches_of(name, STRATEGIES[name].defaults, probe(name, d))})
 
 

@@ -173,8 +173,8 @@ def test_direction_is_part_of_the_key_and_a_tuned_gradient_is_used() -> None:
     chosen = plan.choose("conv2d_input", problems["input"], "cpu", cpu, "auto")
     assert chosen == Plan("col2im", {}, "tuned")
     assert plan.lookup(problems["weight"], "cpu") is None
-    with pytest.raises(ValueError, match="unknown strategy 'winograd'"):
-        plan.store_decision(problems["weight"], "cpu", Plan("winograd", {}, "tuned"))
+    with pytest.raises(ValueError, match="unknown strategy 'fft'"):  # a forward strategy, not the weight's
+        plan.store_decision(problems["weight"], "cpu", Plan("fft", {}, "tuned"))
 
 
 # ---- conv_transpose -------------------------------------------------------------------------------

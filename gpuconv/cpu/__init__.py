@@ -39,6 +39,7 @@ from . import direct as _direct
 from . import fft as _fft
 from . import grad_input as _grad_input
 from . import grad_weight as _grad_weight
+from . import grad_weight_winograd as _grad_weight_winograd
 from . import im2col as _im2col
 from . import pointwise as _pointwise
 from . import winograd as _winograd
@@ -76,6 +77,12 @@ def _forward_compute(problem: ConvProblem) -> Callable[[np.ndarray, np.ndarray],
     return _compute(problem, heuristic(problem))
 
 
+def _weight_winograd(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, *, tile: int, chunk: int) -> np.ndarray:
+    """Winograd's weight gradient; where it is not finite, the GEMM path's, which places NaN and Inf exactly."""
+    dw = _grad_weight_winograd.winograd(problem, x, dy, tile, chunk)
+    return _grad_weight.im2col(problem, x, dy) if dw is None else dw
+
+
 INPUT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
     s.name: s
     for s in (
@@ -91,6 +98,9 @@ WEIGHT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
     for s in (
         Strategy("im2col", _grad_weight.im2col, space={"per_image": (0, 1)}, defaults={"per_image": 0}),
         Strategy("direct", _grad_weight.direct),
+        Strategy("winograd", _weight_winograd, _grad_weight_winograd.supports,
+                 "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group",
+                 space=_grad_weight_winograd.SPACE, defaults=_grad_weight_winograd.DEFAULTS),
     )
 }
 
@@ -142,14 +152,16 @@ def _weight_cols_too_large(problem: ConvProblem) -> bool:
 
 
 #: The gradients' rules. The input gradient at stride 1 is a forward convolution (and gets the forward's
-#: strategies, Winograd included); at larger strides the GEMM + scatter-add. The weight gradient copies the
+#: strategies, Winograd included); at larger strides the GEMM + scatter-add. The weight gradient of a 3x3
+#: stride-1 layer with enough tiles is Winograd's (:mod:`gpuconv.cpu.grad_weight_winograd`); otherwise it copies the
 #: column matrix where it fits one chunk of images (one GEMM per image on images of 512 outputs and more,
 #: where P*Q alone is a long reduction; measured on ResNet-50 layers at batch 8, 2-core AMD EPYC);
 #: beyond, one tap at a time.
 _DIRECTION_RULES = {
     "forward": _RULES,
     "input": [("direct", lambda p: True, _no_params), ("col2im", lambda p: True, _no_params)],
-    "weight": [("direct", _weight_cols_too_large, _no_params),
+    "weight": [("winograd", _grad_weight_winograd.pays, _grad_weight_winograd.heuristic_params),
+               ("direct", _weight_cols_too_large, _no_params),
                ("im2col", lambda p: True, lambda p: {"per_image": int(p.p * p.q >= 512)})],
 }
 

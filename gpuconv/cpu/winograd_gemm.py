@@ -79,6 +79,11 @@ def _cast(m: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _MATRICES = {(m, np.dtype(d)): _cast(m, np.dtype(d)) for m in TRANSFORMS for d in (np.float32, np.float64)}
 
 
+def matrices(m: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(Bt, kron(G, G), At)`` of F(m x m, 3x3) in ``dtype`` (float32 or float64)."""
+    return _MATRICES[m, np.dtype(dtype)]
+
+
 def tiles(problem: ConvProblem, m: int) -> tuple[int, int]:
     """``(TH, TW)``: tile rows and columns covering the ``P x Q`` output."""
     return -(-problem.p // m), -(-problem.q // m)
@@ -173,11 +178,11 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, m: int, budget_
     bt, _, at = _MATRICES[m, x.dtype]
     if u is None:
         u = filter_transform(problem, w, m, scratch=True)
-    xp = _padded_channels_last(problem, x, m * th + 2, m * tw + 2)
+    xp = padded_channels_last(problem, x, m * th + 2, m * tw + 2)
     sn, sh, sw, sc = xp.strides
     y = np.empty(problem.out_shape4, x.dtype)
     per_chunk = chunk_tiles(problem, m, budget_bytes)
-    for n0, n1, t0, t1 in _chunks(n, th, tw, per_chunk):
+    for n0, n1, t0, t1 in chunks(n, th, tw, per_chunk):
         nb, tb = n1 - n0, t1 - t0
         t = nb * tb * tw
         # d, V and Y share one buffer, the first stage's output and the output transform's another.
@@ -203,7 +208,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, m: int, budget_
     return y
 
 
-def _chunks(n: int, th: int, tw: int, per_chunk: int) -> list[tuple[int, int, int, int]]:
+def chunks(n: int, th: int, tw: int, per_chunk: int) -> list[tuple[int, int, int, int]]:
     """``(n0, n1, t0, t1)``: whole images when one fits in ``per_chunk`` tiles, else rows of tiles of one image."""
     if per_chunk >= th * tw:
         step = per_chunk // (th * tw)
@@ -227,7 +232,7 @@ def _store(problem: ConvProblem, yt: np.ndarray, y: np.ndarray, m: int, t0: int)
                 np.copyto(y[:, :, r0::m][:, :, :rows, v::m], yt[u, v, :, :rows, :cols].transpose(0, 3, 1, 2))
 
 
-def _padded_channels_last(problem: ConvProblem, x: np.ndarray, hp: int, wp: int) -> np.ndarray:
+def padded_channels_last(problem: ConvProblem, x: np.ndarray, hp: int, wp: int) -> np.ndarray:
     """``x`` as ``(N, hp, wp, C)`` (scratch) with the problem's top/left padding and zeros to the full size."""
     n, c, h, w = x.shape
     t, l = problem.padding[0], problem.padding[2]

@@ -15,7 +15,7 @@ import cupy  # noqa: F401  (the backend's dependency: gpuconv.backends turns its
 
 from ..problem import ConvProblem
 from ..strategy import CudaRun, Plan, Strategy
-from . import col2im, dgrad, direct, im2col, implicit_gemm, pointwise, rewrite, wgrad
+from . import col2im, dgrad, direct, im2col, implicit_gemm, pointwise, rewrite, tc_implicit_gemm, wgrad
 from .executor import CupyExecutor, Executor
 from .fingerprint import fingerprint as fingerprint
 
@@ -26,11 +26,15 @@ STRATEGIES: dict[str, Strategy[CudaRun]] = {
         pointwise.STRATEGY,
         direct.STRATEGY,
         implicit_gemm.STRATEGY,
+        tc_implicit_gemm.STRATEGY,
     )
 }
 
 # The heuristic: the first rule whose condition holds and whose strategy supports the problem wins.
 _RULES: list[tuple[str, Callable[[ConvProblem], bool]]] = [
+    # float16, and float32 at precision "tf32": tensor cores, except where a per-group GEMM would be mostly
+    # channel padding (depthwise and thin groups, as for the direct rule below).
+    ("tc_implicit_gemm", lambda p: not (p.is_depthwise or (p.groups > 1 and p.kg <= 8 and p.cg <= 8))),
     ("pointwise", lambda p: p.is_pointwise),
     # Depthwise and thin groups: a per-group GEMM would be mostly empty tiles.
     ("direct", lambda p: p.is_depthwise or (p.groups > 1 and p.kg <= 8 and p.cg <= 8)),
@@ -47,6 +51,7 @@ _HEURISTIC_PARAMS: dict[str, Callable[[ConvProblem], dict[str, int]]] = {
     "pointwise": pointwise.heuristic_params,
     "direct": direct.heuristic_params,
     "implicit_gemm": implicit_gemm.heuristic_params,
+    "tc_implicit_gemm": tc_implicit_gemm.heuristic_params,
 }
 
 
