@@ -14,6 +14,7 @@ their own memo (:mod:`gpuconv.conv`) compare it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,7 +79,11 @@ def choose(fn: str, problem: ConvProblem, backend_name: str, backend: ModuleType
     found = _CHOSEN.get(memo)
     if found is not None:
         return found
-    chosen = _choose(fn, problem, backend_name, backend, strategy, device)
+    # Planned on the arrays' device, whatever device is current: the heuristic reads the device's size and a
+    # first-call tuning hook measures on it.
+    on_device = getattr(backend, "device_context", None)
+    with on_device(device) if on_device is not None else contextlib.nullcontext():
+        chosen = _choose(fn, problem, backend_name, backend, strategy, device)
     _CHOSEN[memo] = chosen
     return chosen
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import cupy  # noqa: F401  (the backend's dependency: gpuconv.backends turns its absence into an install hint)
+import cupy  # (the backend's dependency: gpuconv.backends turns its absence into an install hint)
 
 from ..problem import ConvProblem
 from ..strategy import CudaRun, Plan, Strategy
 from . import col2im, dgrad, direct, im2col, implicit_gemm, pointwise, rewrite, tc_implicit_gemm, wgrad
 from .executor import CupyExecutor, Executor
 from .fingerprint import fingerprint as fingerprint
+from .prepared import OPERANDS as _OPERANDS
+from .prepared import PreparedRun
 
 STRATEGIES: dict[str, Strategy[CudaRun]] = {
     s.name: s
@@ -108,8 +110,10 @@ _DIRECTION_HEURISTIC_PARAMS: dict[str, dict[str, Callable[[ConvProblem], dict[st
 }
 
 
-def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], Any]:
-    """A runner ``run(x, w, bias) -> y`` for ``plan`` on CuPy arrays of ``problem``'s shapes and dtype.
+def prepare(problem: ConvProblem, plan: Plan, executor: Executor | None = None) -> Callable[[Any, Any, Any], Any]:
+    """A runner ``run(x, w, bias) -> y`` for ``plan`` on CuPy arrays of ``problem``'s shapes and dtype, on their
+    device and the current stream. Its launches are recorded on the first call per device and replayed after
+    (:mod:`.prepared`). ``executor`` defaults to CuPy's (the tests pass the CPU emulation).
 
     Raises:
         ValueError: ``plan.params`` is not a valid point of the strategy's space for this problem.
@@ -118,14 +122,12 @@ def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], Any]:
     if not strategy.valid(dict(plan.params), problem):
         raise ValueError(f"parameters {dict(plan.params)} are not valid for the CUDA strategy {plan.strategy!r} on "
                          f"this problem (space {dict(strategy.space)})")
-    ex = CupyExecutor()
-    params = dict(plan.params)
+    return PreparedRun(executor if executor is not None else CupyExecutor(), problem, strategy, dict(plan.params))
 
-    def run(x: Any, w: Any, bias: Any) -> Any:
-        with x.device:
-            return _launch(ex, problem, strategy, params, x, w, bias)
 
-    return run
+def device_context(device: int) -> Any:
+    """Make ``device`` current for planning (the heuristic reads its multiprocessor count; tuning runs on it)."""
+    return cupy.cuda.Device(device)
 
 
 def execute(problem: ConvProblem, plan: Plan, x: Any, w: Any, bias: Any) -> Any:
@@ -164,7 +166,3 @@ def _launch(ex: Executor, problem: ConvProblem, strategy: Strategy[CudaRun], par
     out = ex.empty(shapes[r_name], problem.dtype)
     strategy.run(ex, problem, params, a4, b4, b, out)
     return out.reshape(problem.result_shape)
-
-
-#: What each direction reads and writes: ``(a, b, result)`` by the names of ``_launch``'s shapes.
-_OPERANDS = {"forward": ("x", "w", "y"), "input": ("y", "w", "x"), "weight": ("x", "y", "w")}

@@ -14,6 +14,15 @@ from .source import check_dtype, check_params, render
 #: NVRTC options for every kernel. No fast-math: results must match the reference within the dtype's rounding.
 OPTIONS: tuple[str, ...] = ("-std=c++17",)
 
+#: What ``cupy.RawModule`` adds to every NVRTC compile (``cupy/cuda/compiler.py``, ``_compile_with_cache_cuda``):
+#: ``-ftz=true`` flushes float32 subnormals (|v| < 2**-126) to zero in the kernels' arithmetic, inputs and
+#: results alike; float64 is unaffected, float16 values are converted exactly and then accumulated in float32.
+#: :func:`compile_ptx` passes it too, so the PTX the tests inspect is the code that runs.
+CUPY_FORCED_OPTIONS: tuple[str, ...] = ("-ftz=true",)
+
+#: The options a kernel is compiled with at run time, as error messages report them.
+EFFECTIVE_OPTIONS: tuple[str, ...] = (*OPTIONS, *CUPY_FORCED_OPTIONS)
+
 
 class KernelError(RuntimeError):
     """A kernel failed to compile or launch; the message carries the kernel, its parameters, dtype, options and log."""
@@ -34,7 +43,8 @@ def _module(kernel: str, params: tuple[tuple[str, int], ...], dtype: str, device
         module.compile()
     except Exception as e:
         log = e.get_message() if hasattr(e, "get_message") else str(e)
-        raise KernelError(f"failed to compile {_describe(kernel, dict(params), dtype, OPTIONS)}:\n{log}") from e
+        raise KernelError(f"failed to compile {_describe(kernel, dict(params), dtype, EFFECTIVE_OPTIONS)}:\n"
+                          f"{log}") from e
     return module
 
 
@@ -59,7 +69,7 @@ def get_function(kernel: str, func: str, params: Mapping[str, int], dtype: str) 
     try:
         return module.get_function(func)
     except Exception as e:
-        raise KernelError(f"no function {func!r} in {_describe(kernel, checked, dtype, OPTIONS)}: {e}") from e
+        raise KernelError(f"no function {func!r} in {_describe(kernel, checked, dtype, EFFECTIVE_OPTIONS)}: {e}") from e
 
 
 def compile_ptx(kernel: str, params: Mapping[str, int], dtype: str, arch: str = "compute_90") -> str:
@@ -74,7 +84,7 @@ def compile_ptx(kernel: str, params: Mapping[str, int], dtype: str, arch: str = 
     from cupy_backends.cuda.libs import nvrtc
 
     checked = check_params(kernel, params)
-    options = (*OPTIONS, f"-arch={arch}")
+    options = (*EFFECTIVE_OPTIONS, f"-arch={arch}")
     code = render(kernel, checked, check_dtype(kernel, dtype))
     prog = nvrtc.createProgram(code, f"kernels/{kernel}.cu", [], [])
     try:

@@ -101,7 +101,7 @@ def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias
         nb = min(MAX_BATCH_PER_LAUNCH, problem.n - n0)
         xs, ys = (x, y) if nb == problem.n else (x[n0:n0 + nb], y[n0:n0 + nb])
         grid = (geo["tiles_p"] * geo["tiles_q"], problem.groups * geo["kblocks"], nb)
-        args = [xs, w, w if bias is None else bias, ys,
+        args = [xs, w, ex.dummy(problem.dtype) if bias is None else bias, ys,
                 nb, problem.c, problem.h, problem.w, problem.k, problem.p, problem.q, problem.r, problem.s,
                 problem.stride[0], problem.stride[1], t, l, problem.dilation[0], problem.dilation[1],
                 problem.groups, int(bias is not None),

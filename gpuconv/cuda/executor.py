@@ -6,7 +6,7 @@ code on the GPU and in the emulated tests.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -32,6 +32,10 @@ class Executor(Protocol):
     def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Dim3, block: Dim3,
                args: Sequence[Any]) -> None:
         """Run ``func`` from ``kernels/<kernel>.cu`` built with ``params`` and ``dtype`` on ``grid`` x ``block``."""
+
+    def dummy(self, dtype: str) -> Any:
+        """A small device array of ``dtype`` for a pointer argument the kernel does not read (a missing bias):
+        never an alias of an operand or the output, so ``__restrict__`` promises hold."""
 
 
 def check_launch(kernel: str, func: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any]) -> None:
@@ -59,26 +63,77 @@ def check_launch(kernel: str, func: str, grid: Sequence[int], block: Sequence[in
             raise KernelError(f"{where}: array argument {i} of shape {a.shape} is not C-contiguous")
 
 
+#: Bytes of :meth:`Executor.dummy`: one 16-byte vector, so a kernel's vector-load alignment checks pass on it too.
+DUMMY_BYTES = 16
+
+Function = Callable[[Dim3, Dim3, tuple[Any, ...]], None]
+
+
 class CupyExecutor:
-    """Launches on the current CuPy device and stream; compiled modules are memoized per device."""
+    """Launches on the current CuPy device and stream; compiled modules are memoized per device.
+
+    Beside the :class:`Executor` protocol it offers what :mod:`.prepared` needs to replay a plan's launches:
+    ``function`` (a compiled kernel as ``call(grid, block, packed_args)``), ``pack`` (an argument as the launch
+    takes it), ``address``/``pointer`` (an array argument as an offset into a buffer) and ``device_id``/``on_device``.
+    """
 
     def __init__(self) -> None:
         import cupy
 
         self.xp = cupy
+        self._dummies: dict[tuple[int, str], Any] = {}
 
     def empty(self, shape: Sequence[int], dtype: Any) -> Any:
         return self.xp.empty(tuple(shape), dtype)
 
-    def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Dim3, block: Dim3,
-               args: Sequence[Any]) -> None:
+    def dummy(self, dtype: str) -> Any:
+        key = (int(self.xp.cuda.runtime.getDevice()), dtype)
+        found = self._dummies.get(key)
+        if found is None:
+            found = self._dummies[key] = self.xp.zeros(DUMMY_BYTES // np.dtype(dtype).itemsize, dtype)
+        return found
+
+    def function(self, kernel: str, func: str, params: Mapping[str, int], dtype: str) -> Function:
+        """``func`` of ``kernels/<kernel>.cu`` compiled for the current device, as ``call(grid, block, args)``
+        with packed ``args``; a launch failure raises :class:`KernelError` naming the launch."""
         from .compile import get_function
 
-        check_launch(kernel, func, grid, block, args)
         fn = get_function(kernel, func, params, dtype)
-        cargs = tuple(np.int32(a) if isinstance(a, (int, np.integer)) else a for a in args)
-        try:
-            fn(tuple(int(g) for g in grid), tuple(int(b) for b in block), cargs)
-        except Exception as e:  # a launch failure (too many resources, ...) keeps the library usable
-            raise KernelError(f"{kernel}.{func}: launch with params {dict(params)}, dtype {dtype}, grid {tuple(grid)},"
-                              f" block {tuple(block)} failed: {e}") from e
+
+        def call(grid: Dim3, block: Dim3, args: tuple[Any, ...]) -> None:
+            try:
+                fn(grid, block, args)
+            except Exception as e:  # a launch failure (too many resources, ...) keeps the library usable
+                raise KernelError(f"{kernel}.{func}: launch with params {dict(params)}, dtype {dtype}, grid {grid},"
+                                  f" block {block} failed: {e}") from e
+
+        return call
+
+    @staticmethod
+    def pack(a: Any) -> Any:
+        # CuPy passes a Python int as a 64-bit value; the kernels take int.
+        return np.int32(a) if isinstance(a, (int, np.integer)) else a
+
+    @staticmethod
+    def address(a: Any) -> int:
+        return int(a.data.ptr)
+
+    @staticmethod
+    def pointer(base: Any, offset: int, dtype: Any, shape: tuple[int, ...]) -> Any:
+        """The argument for an array ``offset`` bytes into ``base``: a pointer passes as a 64-bit value."""
+        return np.uint64(base.data.ptr + offset)
+
+    @staticmethod
+    def device_id(a: Any) -> int:
+        return int(a.device.id)
+
+    def on_device(self, device: int) -> Any:
+        # A fresh context per call: a Device object keeps its own stack of previous devices, not per thread.
+        return self.xp.cuda.Device(device)
+
+    def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Dim3, block: Dim3,
+               args: Sequence[Any]) -> None:
+        check_launch(kernel, func, grid, block, args)
+        call = self.function(kernel, func, params, dtype)
+        call(tuple(int(g) for g in grid), tuple(int(b) for b in block),  # type: ignore[arg-type]
+             tuple(self.pack(a) for a in args))

@@ -104,11 +104,11 @@ def launch(ex: Executor, params: Params, dtype: str, *, a: Any, b: Any, bias: An
            c_batch: int, c_cols: int, c_img: int, bias_batch: int) -> None:
     """``C(m, j) = A(m, :) . B(:, j) + bias(m)`` for ``batch`` independent products (see gemm.cu for the layout).
 
-    ``bias`` may be None (the kernel then gets ``a``, a T array, for the unused pointer). ``c`` is in ACC_T where
-    ``params`` holds ``GEMM_ACC_OUT``. Every offset inside one batch entry must fit in int32; the callers chunk to
-    ensure it.
+    ``bias`` may be None (the kernel then gets the executor's dummy buffer for the unused pointer). ``c`` is in
+    ACC_T where ``params`` holds ``GEMM_ACC_OUT``. Every offset inside one batch entry must fit in int32; the
+    callers chunk to ensure it.
     """
     grid = (-(-n // params["BN"]), -(-m // params["BM"]), batch)
-    args = [a, b, a if bias is None else bias, c, m, n, k, lda, a_batch, ldb, b_batch, b_cols, b_img,
+    args = [a, b, ex.dummy(dtype) if bias is None else bias, c, m, n, k, lda, a_batch, ldb, b_batch, b_cols, b_img,
             ldc, c_batch, c_cols, c_img, bias_batch, int(bias is not None)]
     ex.launch(KERNEL, FUNC, params, dtype, grid, (threads(params), 1, 1), args)

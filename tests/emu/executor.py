@@ -7,6 +7,7 @@ write is reported at the launch that made it and an out-of-bounds read shows up 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import weakref
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ class EmuExecutor:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.launches: list[LaunchRecord] = []
+        self.functions = 0  # kernels rendered and built through :meth:`function` (the prepared path's compiles)
         self._buffers: list[tuple[weakref.ref[np.ndarray], int, int]] = []
+        self._dummies: dict[str, np.ndarray] = {}
 
     # ---- memory ------------------------------------------------------------------------------------------
     def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
@@ -65,6 +68,12 @@ class EmuExecutor:
         out = self.empty(a.shape, a.dtype)
         out[...] = a
         return out
+
+    def dummy(self, dtype: str) -> np.ndarray:
+        """16 bytes of ``dtype``, poisoned like every allocation, shared by the launches of this executor."""
+        if dtype not in self._dummies:
+            self._dummies[dtype] = self.empty((16 // np.dtype(dtype).itemsize,), dtype)
+        return self._dummies[dtype]
 
     def _check_redzones(self, where: str) -> None:
         live = []
@@ -88,6 +97,41 @@ class EmuExecutor:
         where = f"{kernel}.{func} (params {dict(params)}, dtype {dtype}, grid {tuple(grid)}, block {tuple(block)})"
         self.run_source(render(kernel, params, dtype), func, grid, block, args, where=where)
         self.launches.append(LaunchRecord(kernel, func, dict(params), dtype, tuple(grid), tuple(block)))
+
+    # ---- what gpuconv.cuda.prepared replays through (as CupyExecutor offers it) -----------------------------
+    def function(self, kernel: str, func: str, params: Mapping[str, int], dtype: str) -> Any:
+        """``func`` rendered and built once, as ``call(grid, block, args)``; counted in :attr:`functions`."""
+        self.functions += 1
+        source = render(kernel, params, dtype)
+        record = dict(params)
+
+        def call(grid: Sequence[int], block: Sequence[int], args: Sequence[Any]) -> None:
+            where = f"{kernel}.{func} (params {record}, dtype {dtype}, grid {tuple(grid)}, block {tuple(block)})"
+            self.run_source(source, func, grid, block, args, where=where)
+            self.launches.append(LaunchRecord(kernel, func, record, dtype, tuple(grid), tuple(block)))
+
+        return call
+
+    @staticmethod
+    def pack(a: Any) -> Any:
+        return a
+
+    @staticmethod
+    def address(a: np.ndarray) -> int:
+        return int(a.ctypes.data)
+
+    @staticmethod
+    def pointer(base: np.ndarray, offset: int, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        return base.reshape(-1).view(np.uint8)[offset:offset + nbytes].view(dtype).reshape(shape)
+
+    @staticmethod
+    def device_id(a: np.ndarray) -> int:
+        return 0
+
+    @staticmethod
+    def on_device(device: int) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
     def run_source(self, source: str, func: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
                    where: str = "") -> None:
