@@ -12,21 +12,49 @@ from typing import Any
 
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
-from . import implicit_gemm
 from .executor import MAX_GRID, Executor
-from .source import INT32_MAX, sm_count
+from .source import ACC_BYTES, INT32_MAX, fits_smem, sm_count, thread_tile_threads
 
 KERNEL, FUNC = "dgrad", "dgrad_implicit_gemm"
 
 #: Tunables of ``kernels/dgrad.cu``: block tile BM (input channels) x BN (input pixels of a phase) x BK
-#: (reduction slice) and thread tile TM x TN. The loader is the forward implicit GEMM's, so are its constraints;
-#: the space is a subset of its tiles (8-deep slices, 4- or 8-wide thread tiles: 28 float32 points) so that
-#: compiling every variant for both architectures stays short.
+#: (reduction slice) and thread tile TM x TN (8-deep slices, 4- or 8-wide thread tiles: 28 float32 points, so
+#: that compiling every variant for both architectures stays short).
 SPACE: dict[str, list[int]] = {"BM": [32, 64, 128], "BN": [32, 64, 128], "BK": [8], "TM": [4, 8], "TN": [4, 8]}
-DEFAULTS: dict[str, int] = dict(implicit_gemm.DEFAULTS)
-CONSTRAINTS = implicit_gemm.STRATEGY.constraints
-threads = implicit_gemm.threads
-smem_bytes = implicit_gemm.smem_bytes
+DEFAULTS: dict[str, int] = {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4}
+threads = thread_tile_threads
+
+
+def smem_bytes(params: Params, dtype: str) -> int:
+    """Static shared memory: two stages of A ``[BK][BM + 4]`` and B ``[BK][BN]`` in ``ACC_T``."""
+    return 2 * params["BK"] * (params["BM"] + 4 + params["BN"]) * ACC_BYTES[dtype]
+
+
+def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
+    return 64 <= threads(params) <= 512
+
+
+def _b_loads_ok(params: Params, problem: ConvProblem | None) -> bool:
+    # Each thread loads one fixed column of the B tile (its address math is done once), so BN must divide the
+    # thread count, and the rows one pass covers must divide BK so that every thread loads.
+    nt = threads(params)
+    return nt % params["BN"] == 0 and params["BK"] % (nt // params["BN"]) == 0
+
+
+def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
+    # Accumulators plus the next slice held in registers while the current one is multiplied; beyond these
+    # bounds ptxas spills (8x8 float64 accumulators alone take 128 registers).
+    acc = params["TM"] * params["TN"]
+    staged = (params["BM"] + params["BN"]) * params["BK"] // threads(params)
+    wide = problem is not None and problem.dtype == "float64"
+    return 8 <= acc <= (32 if wide else 64) and staged <= 16
+
+
+def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
+    return fits_smem(smem_bytes, params, problem)
+
+
+CONSTRAINTS = (_threads_ok, _b_loads_ok, _registers_ok, _fits_smem)
 
 
 def phase_pixels(size: int, stride: int) -> int:

@@ -2,7 +2,10 @@
 
 Per group, ``Y (Kg x N*P*Q) = W (Kg x Cg*R*S) @ cols``; the kernel computes each ``cols`` element's input
 address while loading it (zero in the padding), so unlike im2col it needs no workspace. Any sizes, strides,
-dilations and groups (groups run on ``gridDim.z``).
+dilations and groups (groups run on ``gridDim.z``). With ``SPLIT_K`` > 1 the reduction is cut into that many
+ranges run by separate blocks (for layers with few output tiles and long reductions); their partial sums go
+to a float workspace and a second kernel adds them in split order with the bias (deterministic: no atomics).
+``SPLIT_K`` is a launch argument of the same binary, so it costs no compilation.
 """
 
 from __future__ import annotations
@@ -11,90 +14,139 @@ from typing import Any
 
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
-from . import gemm
-from .executor import Executor
-from .source import ACC_BYTES, fits_smem, sm_count, thread_tile_threads
+from .executor import MAX_GRID, Executor
+from .source import ACC_BYTES, INT32_MAX, ITEM_BYTES, fits_smem, sm_count, thread_tile_threads
 
-KERNEL, FUNC = "implicit_gemm", "implicit_gemm_conv"
+KERNEL, FUNC, REDUCE = "implicit_gemm", "implicit_gemm_conv", "implicit_gemm_reduce"
+REDUCE_THREADS = 256  # IG_REDUCE_THREADS in implicit_gemm.cu; the reduction is memory-bound, not tuned
 
-#: Tunables of ``kernels/implicit_gemm.cu``: block tile BM (channels) x BN (pixels) x BK (reduction slice) and
-#: thread tile TM x TN, the same candidate tiles as the explicit GEMM's (its own constraints filter them).
-SPACE: dict[str, list[int]] = gemm.SPACE
-DEFAULTS: dict[str, int] = {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4}
+#: Tunables: block tile BM (output channels) x BN (output pixels) x BK (reduction slice) and thread tile TM x TN
+#: (compile-time), and SPLIT_K, the number of reduction ranges (a launch argument).
+SPACE: dict[str, list[int]] = {
+    "BM": [32, 64, 128],
+    "BN": [32, 64, 128],
+    "BK": [8, 16, 32],
+    "TM": [4, 8],
+    "TN": [4, 8],
+    "SPLIT_K": [1, 2, 3, 4, 6, 8],
+}
+#: 128 x 128 tiles of 8 x 8 per thread: 256 threads, 512 FMAs per 32 shared vector loads per slice.
+DEFAULTS: dict[str, int] = {"BM": 128, "BN": 128, "BK": 8, "TM": 8, "TN": 8, "SPLIT_K": 1}
+TILE_PARAMS = ("BM", "BN", "BK", "TM", "TN")  # what the kernel is compiled with
 
-
+#: Accumulator dtype of the partial sums.
+ACC_DTYPES = {"float16": "float32", "float32": "float32", "float64": "float64"}
 
 threads = thread_tile_threads
 
 
+def tiles(params: Params) -> dict[str, int]:
+    """The compile-time tunables of ``params`` (without the launch argument SPLIT_K)."""
+    return {k: params[k] for k in TILE_PARAMS}
+
+
 def smem_bytes(params: Params, dtype: str) -> int:
-    """Static shared memory: two stages of A ``[BK][BM + 4]`` and B ``[BK][BN]`` in ``ACC_T``."""
-    return 2 * params["BK"] * (params["BM"] + 4 + params["BN"]) * ACC_BYTES[dtype]
+    """Static shared memory: two stages of A ``[BK][BM]`` and B ``[BK][BN]`` in ``ACC_T``."""
+    return 2 * params["BK"] * (params["BM"] + params["BN"]) * ACC_BYTES[dtype]
+
+
+def _dtypes(problem: ConvProblem | None) -> tuple[str, ...]:
+    return (problem.dtype,) if problem is not None else tuple(ITEM_BYTES)  # without a problem: every dtype
 
 
 def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
     return 64 <= threads(params) <= 512
 
 
-def _b_loads_ok(params: Params, problem: ConvProblem | None) -> bool:
-    # Each thread loads one fixed column of the B tile (its im2col address math is done once), so BN must
-    # divide the thread count, and the rows one pass covers must divide BK so that every thread loads.
-    nt = threads(params)
-    return nt % params["BN"] == 0 and params["BK"] % (nt // params["BN"]) == 0
-
-
-def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
-    # Accumulators plus the next slice held in registers while the current one is multiplied; beyond these
-    # bounds ptxas spills (8x8 float64 accumulators alone take 128 registers).
-    acc = params["TM"] * params["TN"]
-    staged = (params["BM"] + params["BN"]) * params["BK"] // threads(params)
-    wide = problem is not None and problem.dtype == "float64"
-    return 8 <= acc <= (32 if wide else 64) and staged <= 16
-
-
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
     return fits_smem(smem_bytes, params, problem)
 
 
+def staged_words(params: Params, dtype: str) -> int:
+    """32-bit registers one thread holds for the next slice while the current one is multiplied."""
+    return (params["BM"] + params["BN"]) * params["BK"] // threads(params) * ACC_BYTES[dtype] // 4
+
+
+def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
+    # Accumulators and the staged slice live through the whole loop (in 32-bit registers: a double takes two);
+    # beyond these bounds ptxas spills (measured with ptxas -v over the whole space, see test_cuda_spills.py).
+    for dtype in _dtypes(problem):
+        words = ACC_BYTES[dtype] // 4
+        acc = params["TM"] * params["TN"] * words
+        if acc > 128 or acc + staged_words(params, dtype) > 160:
+            return False
+    return True
+
+
+def _split_ok(params: Params, problem: ConvProblem | None) -> bool:
+    # Every split gets at least one slice, and groups times splits fit on gridDim.z.
+    if problem is None:
+        return True
+    slices = -(-problem.reduction // params["BK"])
+    return params["SPLIT_K"] <= slices and problem.groups * params["SPLIT_K"] <= MAX_GRID[2]
+
+
+CONSTRAINTS = (_threads_ok, _fits_smem, _registers_ok, _split_ok)
+
+
+def images_per_chunk(problem: ConvProblem) -> int:
+    """Images per launch: the kernel's offsets into x and y are 32-bit within a launch."""
+    return max(1, min(problem.n, INT32_MAX // (problem.c * problem.h * problem.w),
+                      INT32_MAX // (problem.k * problem.p * problem.q)))
+
+
 def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias: Any, y: Any) -> None:
     """Fill ``y (N, K, P, Q)`` with the convolution of ``x (N, C, H, W)`` and ``w (K, C/g, R, S)`` plus ``bias``."""
-    ncols = problem.n * problem.p * problem.q
-    grid = (-(-ncols // params["BN"]), -(-problem.kg // params["BM"]), problem.groups)
-    t, _, l, _ = problem.padding
-    args = [x, w, w if bias is None else bias, y,
-            problem.n, problem.c, problem.h, problem.w, problem.k, problem.p, problem.q, problem.r, problem.s,
-            problem.stride[0], problem.stride[1], t, l, problem.dilation[0], problem.dilation[1],
-            problem.groups, int(bias is not None)]
-    ex.launch(KERNEL, FUNC, params, problem.dtype, grid, (threads(params), 1, 1), args)
+    pr = problem
+    splits = params["SPLIT_K"]
+    t, _, l, _ = pr.padding
+    chunk = images_per_chunk(pr)
+    per_image = pr.k * pr.p * pr.q
+    partial = ex.empty((splits * chunk * per_image if splits > 1 else 1,), ACC_DTYPES[pr.dtype])
+    for n0 in range(0, pr.n, chunk):
+        nc = min(chunk, pr.n - n0)
+        xc, yc = x[n0:n0 + nc], y[n0:n0 + nc]
+        grid = (-(-nc * pr.p * pr.q // params["BN"]), -(-pr.kg // params["BM"]), pr.groups * splits)
+        args = [xc, w, w if bias is None else bias, yc, partial,
+                nc, pr.c, pr.h, pr.w, pr.k, pr.p, pr.q, pr.r, pr.s,
+                pr.stride[0], pr.stride[1], t, l, pr.dilation[0], pr.dilation[1],
+                pr.groups, int(bias is not None), splits]
+        ex.launch(KERNEL, FUNC, tiles(params), pr.dtype, grid, (threads(params), 1, 1), args)
+        if splits > 1:
+            total = nc * per_image
+            ex.launch(KERNEL, REDUCE, tiles(params), pr.dtype, (-(-total // REDUCE_THREADS), 1, 1),
+                      (REDUCE_THREADS, 1, 1), [partial, w if bias is None else bias, yc, total, pr.k, pr.p * pr.q,
+                                               splits, int(bias is not None)])
 
 
 def _supports(problem: ConvProblem) -> bool:
-    # Column and reduction indices are int32; groups run on gridDim.z (<= 65535).
-    return (problem.n * problem.p * problem.q + 128 < 2**31 and problem.reduction + 32 < 2**31
-            and problem.groups <= 65535)
+    # Offsets within one image of x and of y are int32 (launches are chunked by image), so are the column and
+    # reduction indices; groups (times the split) run on gridDim.z, channel tiles on y.
+    pr = problem
+    return (pr.c * pr.h * pr.w + 64 < INT32_MAX and pr.k * pr.p * pr.q < INT32_MAX
+            and pr.reduction + 64 < INT32_MAX and pr.groups <= MAX_GRID[2] and -(-pr.kg // 32) <= MAX_GRID[1])
 
 
 STRATEGY = Strategy(
     name="implicit_gemm",
     run=run,
     supports=_supports,
-    requires="N*P*Q and C/groups*R*S below 2**31 and at most 65535 groups",
+    requires=f"C*H*W, K*P*Q and C/groups*R*S below 2**31 and at most {MAX_GRID[2]} groups",
     space=SPACE,
-    constraints=(_threads_ok, _b_loads_ok, _registers_ok, _fits_smem),
+    constraints=CONSTRAINTS,
     defaults=DEFAULTS,
 )
-
 
 # Preferred points, largest tile first: (BM, BN, BK, TM, TN). Large tiles reuse each staged value more;
 # small ones keep enough blocks in flight when the GEMM is small.
 _PREFERRED: tuple[tuple[int, int, int, int, int], ...] = (
     (128, 128, 8, 8, 8),
-    (128, 64, 8, 8, 4),
-    (64, 128, 8, 4, 8),
-    (64, 64, 8, 4, 4),
-    (32, 64, 16, 2, 4),
-    (64, 32, 16, 4, 2),
-    (32, 32, 32, 4, 2),
+    (128, 64, 16, 8, 4),
+    (64, 128, 16, 4, 8),
+    (64, 64, 16, 4, 4),
+    (32, 64, 32, 4, 4),
+    (64, 32, 32, 4, 4),
+    (32, 32, 32, 4, 4),
 )
 _BLOCKS_PER_SM = 2  # the heuristic wants about two blocks per SM
 
@@ -106,7 +158,7 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
     min_blocks = _BLOCKS_PER_SM * sm_count()
     fallback = dict(DEFAULTS)
     for bm, bn, bk, tm, tn in _PREFERRED:
-        params = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn}
+        params = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn, "SPLIT_K": 1}
         if not STRATEGY.valid(params, problem) or (bm > 32 and problem.kg <= bm // 2):
             continue
         fallback = params
