@@ -75,7 +75,8 @@ def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
     Each result element is a sum of ``problem.sum_length`` products (the forward's dot product, or a gradient's
     sum over output channels and taps, or over the batch and the output grid); the rounding error of a
     length-n sum grows at most like ``n * eps * max|term|``. float16 inputs are accumulated in float32 and
-    rounded once to float16, so they get one float16 ulp relative on top of the float32 sum.
+    rounded once to float16, so they get one float16 ulp relative on top of the float32 sum. A float32 problem at
+    ``precision="tf32"`` adds the TF32 rounding of both operands of every product.
 
     Example:
         >>> from gpuconv.problem import make_problem
@@ -89,6 +90,9 @@ def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
     rtol = 2.0 ** -10 if problem.dtype == "float16" else 4 * eps
     if problem.dtype == "float16":
         atol += 2.0 ** -24  # float16 subnormal spacing
+    if problem.dtype == "float32" and problem.precision == "tf32":
+        # both operands rounded to 10 mantissa bits (relative error 2**-11 each): 2**-10 per product
+        atol += 2.0 ** -10 * problem.sum_length * scale
     return rtol, atol
 
 

@@ -22,6 +22,10 @@ DTYPES = ("float16", "float32", "float64")
 #: forward geometry (x, w and the output are the forward's shapes); only its operands and result differ.
 DIRECTIONS = ("forward", "input", "weight")
 
+#: How float32 products may be computed: ``"highest"`` exactly as float32 FMAs, ``"tf32"`` on tensor cores
+#: with the operands rounded to TF32 (10 mantissa bits) where the backend has them (CUDA); float32 sums either way.
+PRECISIONS = ("highest", "tf32")
+
 
 @dataclass(frozen=True)
 class ConvProblem:
@@ -38,6 +42,8 @@ class ConvProblem:
         has_bias: whether a bias is added (forward only).
         direction: what is computed, one of :data:`DIRECTIONS`: ``"forward"`` (``y`` from ``x`` and ``w``),
             ``"input"`` (``dx`` from ``dy`` and ``w``) or ``"weight"`` (``dw`` from ``x`` and ``dy``).
+        precision: one of :data:`PRECISIONS`; what a strategy may do to float32 operands (part of the cache
+            key: a TF32 decision is not an exact one).
     """
 
     ndim: int
@@ -55,6 +61,7 @@ class ConvProblem:
     dtype: str = "float32"
     has_bias: bool = False
     direction: str = "forward"
+    precision: str = "highest"
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -211,7 +218,7 @@ def _plain(v: object) -> bool:
 
 def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: str, has_bias: bool, *,
                  stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1,
-                 direction: str = "forward") -> ConvProblem:
+                 direction: str = "forward", precision: str = "highest") -> ConvProblem:
     """Validate shapes and options and build the problem. Raises ``ValueError``/``TypeError`` naming ``fn``.
 
     Args:
@@ -220,16 +227,18 @@ def make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dt
         dtype: the common dtype name of the arrays; must be in :data:`DTYPES`.
         has_bias: whether a bias of shape ``(K,)`` is given (its shape is checked by the caller).
         direction: one of :data:`DIRECTIONS`.
+        precision: one of :data:`PRECISIONS`.
     """
     key = None
-    if _plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups) and _plain(dtype):
+    if (_plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups) and _plain(dtype)
+            and type(precision) is str):
         key = (fn, tuple(x_shape), tuple(w_shape), dtype, bool(has_bias), stride, padding, dilation, groups,
-               direction)
+               direction, precision)
         found = _MEMO.get(key)
         if found is not None:
             return found
     problem = _make_problem(fn, x_shape, w_shape, dtype, has_bias, stride=stride, padding=padding,
-                            dilation=dilation, groups=groups, direction=direction)
+                            dilation=dilation, groups=groups, direction=direction, precision=precision)
     if key is not None:
         if len(_MEMO) >= _MEMO_MAX:
             _MEMO.clear()
@@ -245,9 +254,11 @@ _OPERANDS = {"forward": ("x", "x.shape", "w", "w.shape"),
 
 def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: str, has_bias: bool, *,
                   stride: IntOrPair, padding: Padding, dilation: IntOrPair, groups: int,
-                  direction: str = "forward") -> ConvProblem:
+                  direction: str = "forward", precision: str = "highest") -> ConvProblem:
     if direction not in DIRECTIONS:
         raise ValueError(f"{fn}: direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{fn}: precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if direction != "forward" and has_bias:
         raise ValueError(f"{fn}: a gradient problem has no bias")
     xn, xs, wn, ws = _OPERANDS[direction]
@@ -297,9 +308,9 @@ def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], d
                 f"{xs}={x_shape}, {ws}={w_shape}")
     if ndim == 1:
         return ConvProblem(1, n, c, 1, spatial[0], k, 1, kernel[0], (1, stride_t[0]), (0, 0, pads[0], pads[1]),
-                           (1, dilation_t[0]), groups, dtype, bool(has_bias), direction)
+                           (1, dilation_t[0]), groups, dtype, bool(has_bias), direction, precision)
     return ConvProblem(2, n, c, spatial[0], spatial[1], k, kernel[0], kernel[1], stride_t, tuple(pads),  # type: ignore[arg-type]
-                       dilation_t, groups, dtype, bool(has_bias), direction)
+                       dilation_t, groups, dtype, bool(has_bias), direction, precision)
 
 
 # ---- from arrays: what every array-taking entry point calls --------------------------------
@@ -324,7 +335,8 @@ def _check_dtypes(fn: str, arrays: dict[str, Any], together: str = "x, w and bia
 
 
 def problem_from_arrays(fn: str, x: Any, w: Any, bias: Any, *, stride: IntOrPair = 1, padding: Padding = 0,
-                        dilation: IntOrPair = 1, groups: int = 1) -> tuple[ConvProblem, ArrayKind, bool]:
+                        dilation: IntOrPair = 1, groups: int = 1,
+                        precision: str = "highest") -> tuple[ConvProblem, ArrayKind, bool]:
     """Validate arrays and options together and build the problem; used by the public functions and the reference.
 
     Args:
@@ -350,7 +362,7 @@ def problem_from_arrays(fn: str, x: Any, w: Any, bias: Any, *, stride: IntOrPair
     if unbatched:
         x_shape = (1, *x_shape)
     problem = make_problem(fn, x_shape, tuple(w.shape), dtype, bias is not None,
-                           stride=stride, padding=padding, dilation=dilation, groups=groups)
+                           stride=stride, padding=padding, dilation=dilation, groups=groups, precision=precision)
     if bias is not None and tuple(bias.shape) != (problem.k,):
         raise ValueError(f"{fn}: bias must have shape ({problem.k},) to match w.shape[0], got {tuple(bias.shape)}")
     return problem, kinds["x"], unbatched
@@ -367,8 +379,8 @@ def _size(fn: str, name: str, size: Any) -> tuple[int, ...]:
 
 
 def gradient_problem(fn: str, direction: str, size: Any, a: Any, grad_output: Any, *, stride: IntOrPair = 1,
-                     padding: Padding = 0, dilation: IntOrPair = 1,
-                     groups: int = 1) -> tuple[ConvProblem, ArrayKind, bool]:
+                     padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1,
+                     precision: str = "highest") -> tuple[ConvProblem, ArrayKind, bool]:
     """Validate the arguments of a gradient and build its problem, the forward geometry with ``direction`` set.
 
     Args:
@@ -405,7 +417,7 @@ def gradient_problem(fn: str, direction: str, size: Any, a: Any, grad_output: An
     if unbatched:
         dy_shape = (1, *dy_shape)
     problem = make_problem(fn, x_shape, w_shape, dtype, False, stride=stride, padding=padding, dilation=dilation,
-                           groups=groups, direction=direction)
+                           groups=groups, direction=direction, precision=precision)
     if dy_shape != problem.out_shape:
         given = tuple(grad_output.shape)
         expected = problem.out_shape[1:] if unbatched else problem.out_shape

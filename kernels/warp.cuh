@@ -39,6 +39,19 @@ static __device__ __forceinline__ unsigned tf32_round(const float v) {
 #endif
 }
 
+// The rounded value as a float (for operands staged in memory as TF32).
+static __device__ __forceinline__ float tf32_round_float(const float v) {
+    const unsigned u = tf32_round(v);
+#if defined(GPUCONV_EMU)
+    float f;
+    std::memcpy(&f, &u, 4);
+#else
+    float f;
+    asm("mov.b32 %0, %1;" : "=f"(f) : "r"(u));
+#endif
+    return f;
+}
+
 // ---- shared and global addresses for the asynchronous copies and ldmatrix -----------------------------------
 #if !defined(GPUCONV_EMU)
 static __device__ __forceinline__ unsigned smem_u32(const void* p) {

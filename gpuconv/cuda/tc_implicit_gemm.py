@@ -1,0 +1,158 @@
+"""Tensor-core implicit GEMM (``kernels/tc_implicit_gemm.cu``): mma.sync on a cp.async pipeline.
+
+Per group, ``Y (Kg x N*P*Q) = W (Kg x R*S*Cp) @ cols`` with ``cols`` gathered from a channel-last copy of x
+whose channels per group are zero-padded to ``Cp`` (a multiple of one 16-byte vector), so every load is an
+aligned 16-byte ``cp.async`` whatever C, the strides, the padding or the dilation. float16 runs on
+``mma.m16n8k16`` (products exact in float32, float32 sums); float32 runs on ``mma.m16n8k8`` with the operands
+rounded to TF32 while packing, so it serves only problems whose ``precision`` is ``"tf32"``.
+
+Workspace: the packed input (``groups * N * H * W * Cp`` elements) and weight (``K * R * S * Cp``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..problem import ConvProblem
+from ..strategy import Params, Strategy
+from .executor import Executor
+from .source import INT32_MAX, ITEM_BYTES, SMEM_LIMIT, sm_count
+
+KERNEL, FUNC = "tc_implicit_gemm", "tc_implicit_gemm_conv"
+PACK_THREADS = 256  # the kernel file's default
+
+#: Tunables of ``kernels/tc_implicit_gemm.cu``: block tile BM (channels) x BN (pixels) x BK (reduction slice),
+#: WM x WN warps, and the depth of the cp.async pipeline.
+SPACE: dict[str, list[int]] = {
+    "BM": [32, 64, 128],
+    "BN": [32, 64, 128],
+    "BK": [16, 32],
+    "WM": [1, 2, 4],
+    "WN": [1, 2, 4],
+    "STAGES": [2, 3, 4],
+}
+DEFAULTS: dict[str, int] = {"BM": 64, "BN": 64, "BK": 32, "WM": 2, "WN": 2, "STAGES": 2}  # valid for both dtypes
+
+#: The dtypes the kernel computes: float16 on m16n8k16, float32 on m16n8k8 (TF32).
+DTYPES = ("float16", "float32")
+
+
+def threads(params: Params) -> int:
+    return params["WM"] * params["WN"] * 32
+
+
+def vector(dtype: str) -> int:
+    """Elements per 16-byte chunk: the channel padding unit."""
+    return 16 // ITEM_BYTES[dtype]
+
+
+def padded_channels(problem: ConvProblem) -> int:
+    v = vector(problem.dtype)
+    return -(-problem.cg // v) * v
+
+
+def smem_bytes(params: Params, dtype: str) -> int:
+    """STAGES buffers of A ``[BM][BK + 16 B]`` and B ``[BN][BK + 16 B]`` in the element type."""
+    item = ITEM_BYTES[dtype]
+    return params["STAGES"] * (params["BM"] + params["BN"]) * (params["BK"] * item + 16)
+
+
+def _warp_tiles_ok(params: Params, problem: ConvProblem | None) -> bool:
+    # A warp tile is whole 16 x 16 mma tiles (B fragments come in pairs of 8 columns from one ldmatrix.x4).
+    return params["BM"] % (16 * params["WM"]) == 0 and params["BN"] % (16 * params["WN"]) == 0
+
+
+def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
+    return 64 <= threads(params) <= 256
+
+
+def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
+    # float32 accumulators per thread: (BM/WM) * (BN/WN) / 32. Past 64 (a 64 x 32 warp tile) ptxas spills with
+    # the fragments and the pipeline's addresses; below 32 (a 32 x 32 warp tile) each fragment feeds too few
+    # mma for the ldmatrix traffic, so those points are left out of the search.
+    return 32 <= params["BM"] * params["BN"] // (params["WM"] * params["WN"] * 32) <= 64
+
+
+def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
+    dtypes = (problem.dtype,) if problem is not None and problem.dtype in DTYPES else DTYPES
+    return all(smem_bytes(params, d) <= SMEM_LIMIT for d in dtypes)
+
+
+def _pack_grid(total: int) -> tuple[int, int, int]:
+    return (max(1, min(-(-total // PACK_THREADS), 8 * sm_count())), 1, 1)
+
+
+def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias: Any, y: Any) -> None:
+    """Fill ``y (N, K, P, Q)`` with the convolution of ``x (N, C, H, W)`` and ``w (K, C/g, R, S)`` plus ``bias``."""
+    pr, dtype = problem, problem.dtype
+    cp = padded_channels(pr)
+    xp = ex.empty((pr.groups * pr.n * pr.h * pr.w * cp,), dtype)
+    wp = ex.empty((pr.k * pr.r * pr.s * cp,), dtype)
+    ex.launch(KERNEL, "tc_pack_x", params, dtype, _pack_grid(xp.size), (PACK_THREADS, 1, 1),
+              [x, xp, pr.n, pr.c, pr.h, pr.w, pr.groups, cp])
+    ex.launch(KERNEL, "tc_pack_w", params, dtype, _pack_grid(wp.size), (PACK_THREADS, 1, 1),
+              [w, wp, pr.k, pr.cg, pr.r, pr.s, cp])
+    ncols = pr.n * pr.p * pr.q
+    grid = (-(-ncols // params["BN"]), -(-pr.kg // params["BM"]), pr.groups)
+    t, _, l, _ = pr.padding
+    args = [xp, wp, wp if bias is None else bias, y,
+            pr.n, cp, pr.h, pr.w, pr.k, pr.p, pr.q, pr.r, pr.s,
+            pr.stride[0], pr.stride[1], t, l, pr.dilation[0], pr.dilation[1], pr.groups, int(bias is not None)]
+    ex.launch(KERNEL, FUNC, params, dtype, grid, (threads(params), 1, 1), args)
+
+
+def _supports(problem: ConvProblem) -> bool:
+    if not (problem.dtype == "float16" or (problem.dtype == "float32" and problem.precision == "tf32")):
+        return False
+    cp = padded_channels(problem)
+    # Column, reduction and packed-input pixel indices are int32; groups run on gridDim.z.
+    return (problem.n * problem.p * problem.q + 128 < INT32_MAX and problem.r * problem.s * cp + 64 < INT32_MAX
+            and problem.n * problem.h * problem.w + 1 < INT32_MAX and problem.groups <= 65535
+            and -(-problem.kg // 32) <= 65535)
+
+
+STRATEGY = Strategy(
+    name="tc_implicit_gemm",
+    run=run,
+    supports=_supports,
+    requires=("float16, or float32 with precision='tf32'; N*P*Q, R*S*C/groups and N*H*W below 2**31 and at most "
+              "65535 groups"),
+    space=SPACE,
+    constraints=(_warp_tiles_ok, _threads_ok, _registers_ok, _fits_smem),
+    defaults=DEFAULTS,
+)
+
+
+# Preferred block tiles, largest first: (BM, BN, WM, WN); each with the deepest pipeline that fits shared memory.
+_PREFERRED: tuple[tuple[int, int, int, int], ...] = (
+    (128, 128, 2, 4),
+    (128, 64, 2, 2),
+    (64, 128, 2, 2),
+    (64, 64, 2, 2),
+    (32, 64, 1, 2),
+    (64, 32, 2, 1),
+    (32, 32, 1, 1),
+)
+_PIPELINES = ((32, 3), (32, 2), (16, 4), (16, 3), (16, 2))  # (BK, STAGES), preferred first
+_BLOCKS_PER_SM = 2
+
+
+def heuristic_params(problem: ConvProblem) -> dict[str, int]:
+    """The largest preferred tile that wastes at most half its rows on missing output channels and still
+    launches about two blocks per SM; the smallest valid one otherwise."""
+    ncols = problem.n * problem.p * problem.q
+    min_blocks = _BLOCKS_PER_SM * sm_count()
+    fallback = dict(DEFAULTS)
+    for bm, bn, wm, wn in _PREFERRED:
+        if bm > 32 and problem.kg <= bm // 2:
+            continue
+        for bk, stages in _PIPELINES:
+            params = {"BM": bm, "BN": bn, "BK": bk, "WM": wm, "WN": wn, "STAGES": stages}
+            if STRATEGY.valid(params, problem):
+                break
+        else:
+            continue
+        fallback = params
+        if -(-ncols // bn) * -(-problem.kg // bm) * problem.groups >= min_blocks:
+            return params
+    return fallback
