@@ -25,7 +25,7 @@ Runner = Callable[[Any, Any, Any], Any]
 
 
 def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
-           groups: int = 1, *, strategy: str = "auto") -> Any:
+           groups: int = 1, *, strategy: str = "auto", precision: str = "highest") -> Any:
     """2-d convolution (cross-correlation) with the semantics of ``torch.nn.functional.conv2d``.
 
     Args:
@@ -40,6 +40,9 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Pad
         groups: channel groups; ``groups == C`` is depthwise.
         strategy: ``"auto"`` (tuned decision if one is cached, else a shape heuristic) or a strategy name of
             the backend (``gpuconv.cpu.STRATEGIES`` / ``gpuconv.cuda.STRATEGIES``); keyword only.
+        precision: ``"highest"`` (float32 products as exact FMAs) or ``"tf32"`` (CUDA float32 may use tensor
+            cores on operands rounded to TF32, summed in float32; the CPU computes at full precision either
+            way); keyword only. float16 on CUDA may use tensor cores at either (products exact in float32).
 
     Returns:
         ``(N, K, P, Q)`` (``(K, P, Q)`` for an unbatched input) of the input's dtype and kind (float16 is
@@ -47,7 +50,8 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Pad
 
     Raises:
         TypeError: a non-array, an unsupported or mixed dtype, arrays from different libraries or devices.
-        ValueError: shapes, groups, stride, padding, dilation or strategy that do not fit; the message names them.
+        ValueError: shapes, groups, stride, padding, dilation, strategy or precision that do not fit; the
+            message names them.
 
     Example:
         >>> import numpy as np, gpuconv
@@ -56,11 +60,11 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Pad
         >>> gpuconv.conv2d(x, w, None, 1, "same").shape
         (1, 4, 8, 8)
     """
-    return _conv("conv2d", x, w, bias, stride, padding, dilation, groups, strategy)
+    return _conv("conv2d", x, w, bias, stride, padding, dilation, groups, strategy, precision)
 
 
 def conv1d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
-           groups: int = 1, *, strategy: str = "auto") -> Any:
+           groups: int = 1, *, strategy: str = "auto", precision: str = "highest") -> Any:
     """1-d convolution with the semantics of ``torch.nn.functional.conv1d``: x ``(N, C, L)`` or ``(C, L)``,
     w ``(K, C/groups, R)``.
 
@@ -73,42 +77,42 @@ def conv1d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Pad
         >>> gpuconv.conv1d(x, w, stride=2).shape
         (2, 8, 48)
     """
-    return _conv("conv1d", x, w, bias, stride, padding, dilation, groups, strategy)
+    return _conv("conv1d", x, w, bias, stride, padding, dilation, groups, strategy, precision)
 
 
 def _call_key(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any,
-              strategy: Any) -> tuple[Any, ...] | None:
+              strategy: Any, precision: Any) -> tuple[Any, ...] | None:
     """What decides the runner of a NumPy or CuPy call, or None where the call must take the full path."""
     tx = type(x)
     if tx not in _NATIVE or type(w) is not tx or (bias is not None and type(bias) is not tx):
         return None
     if not (_plain(stride) and _plain(padding) and _plain(dilation) and type(groups) is int
-            and type(strategy) is str):
+            and type(strategy) is str and type(precision) is str):
         return None
     b = None if bias is None else (bias.shape, bias.dtype)
-    key = (fn, tx, x.shape, x.dtype, w.shape, w.dtype, b, stride, padding, dilation, groups, strategy)
+    key = (fn, tx, x.shape, x.dtype, w.shape, w.dtype, b, stride, padding, dilation, groups, strategy, precision)
     if tx in _DEVICE_TYPES:
         key += (x.device.id, w.device.id, None if bias is None else bias.device.id)
     return key
 
 
 def _conv(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Padding, dilation: IntOrPair,
-          groups: int, strategy: str) -> Any:
-    key = _call_key(fn, x, w, bias, stride, padding, dilation, groups, strategy)
+          groups: int, strategy: str, precision: str) -> Any:
+    key = _call_key(fn, x, w, bias, stride, padding, dilation, groups, strategy, precision)
     if key is not None:
         found = _PREPARED.get(key)
         if found is not None and found[0] == _plan.generation:
             return found[1](x, w, bias)
-    run = _prepare(fn, x, w, bias, stride, padding, dilation, groups, strategy)
+    run = _prepare(fn, x, w, bias, stride, padding, dilation, groups, strategy, precision)
     _calls.keep(key, run)
     return run(x, w, bias)
 
 
 def _prepare(fn: str, x: Any, w: Any, bias: Any, stride: IntOrPair, padding: Padding, dilation: IntOrPair,
-             groups: int, strategy: str) -> Runner:
+             groups: int, strategy: str, precision: str = "highest") -> Runner:
     """Validate, plan, and return ``run(x, w, bias) -> y`` for arrays like these."""
     problem, kind, unbatched = problem_from_arrays(fn, x, w, bias, stride=stride, padding=padding,
-                                                   dilation=dilation, groups=groups)
+                                                   dilation=dilation, groups=groups, precision=precision)
     backend = get_backend(kind.backend)
     chosen = _plan.choose(fn, problem, kind.backend, backend, strategy, device=kind.device)
     execute = backend.prepare(problem, chosen)
