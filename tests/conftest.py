@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import pytest
 
@@ -15,12 +16,25 @@ sys.path.insert(0, os.path.dirname(__file__))
 HAS_GPU = cuda_available()
 
 
+REQUIRE_GPU = os.environ.get("GPUCONV_REQUIRE_GPU", "") == "1"
+
+
+def _why_no_gpu() -> str:
+    try:
+        import cupy
+
+        return f"CuPy {cupy.__version__} sees {cupy.cuda.runtime.getDeviceCount()} CUDA devices"
+    except Exception as e:  # the reason is the point
+        return f"{type(e).__name__}: {e}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if HAS_GPU:
         return
-    if os.environ.get("GPUCONV_REQUIRE_GPU", "") == "1" and any("gpu" in item.keywords for item in items):
-        # On a GPU machine a broken CuPy or driver must fail the run, not skip every GPU test quietly.
-        raise pytest.UsageError("GPUCONV_REQUIRE_GPU=1, but CuPy sees no usable CUDA device")
+    if REQUIRE_GPU:
+        # On a GPU machine a broken CuPy or driver must fail the run, not skip every GPU test quietly (even a
+        # module that skipped itself at import, which leaves no GPU item to look at).
+        raise pytest.UsageError(f"GPUCONV_REQUIRE_GPU=1, but there is no usable CUDA device: {_why_no_gpu()}")
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
@@ -35,3 +49,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
     plan.forget()  # what this process memoized came from another test's cache
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Under ``GPUCONV_REQUIRE_GPU=1`` a GPU test that skips (torch without CUDA, no JAX GPU, too little memory)
+    fails instead: on the GPU machine every one of them is expected to run."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_GPU and report.skipped and "gpu" in item.keywords and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under GPUCONV_REQUIRE_GPU=1: {reason}"
