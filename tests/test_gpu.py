@@ -167,3 +167,166 @@ def test_float16_accumulates_in_float32() -> None:
     (x, w, b), ref = _reference(case, "float16")
     y = gpuconv.conv2d(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), padding=1)
     assert_matches(y, ref, case.problem("float16"))
+
+
+# ---- beyond the small grid ------------------------------------------------------------------------------------
+
+def _free_bytes() -> int:
+    return int(cupy.cuda.runtime.memGetInfo()[0])
+
+
+def _sampled_check(y, x, w, problem, points: list[tuple[int, int, int, int]]) -> None:
+    """Compare output elements ``(n, k, p, q)`` with their float64 sums over the input window (gathered from the
+    device), since a full reference of a problem this large does not fit the host's patience."""
+    from gpuconv.measure import tolerance
+
+    rtol, atol = tolerance(problem)
+    t, _, l, _ = problem.padding
+    wk = cupy.asnumpy(w).astype(np.float64)
+    for n, k, p, q in points:
+        h0, w0 = p * problem.stride[0] - t, q * problem.stride[1] - l
+        acc = 0.0
+        for r in range(problem.r):
+            for s in range(problem.s):
+                hh, ww = h0 + r * problem.dilation[0], w0 + s * problem.dilation[1]
+                if 0 <= hh < problem.h and 0 <= ww < problem.w:
+                    acc += float(np.dot(cupy.asnumpy(x[n, :, hh, ww]).astype(np.float64), wk[k, :, r, s]))
+        got = float(y[n, k, p, q].get())
+        assert abs(got - acc) <= atol + rtol * abs(acc), f"y[{n},{k},{p},{q}] = {got}, expected {acc}"
+
+
+@pytest.mark.parametrize("name,x_shape,w_shape,padding", [
+    ("pointwise", (2, 8, 16384, 8200), (8, 8, 1, 1), 0),          # 2**31 + 2**21 input elements, 2 images
+    ("implicit_gemm", (1, 2, 32768, 32800), (2, 2, 3, 3), 1),     # one image past 2**31 elements
+], ids=["pointwise", "implicit_gemm"])
+def test_past_2_31_input_elements(name: str, x_shape, w_shape, padding: int) -> None:
+    from gpuconv.problem import make_problem
+
+    problem = make_problem("conv2d", x_shape, w_shape, "float16", False, padding=padding)
+    assert problem.n * problem.c * problem.h * problem.w > 2**31
+    need = 2 * (int(np.prod(x_shape)) + int(np.prod(problem.out_shape))) + 2**30
+    if _free_bytes() < need:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB of free GPU memory, {_free_bytes() / 2**30:.1f} GiB free")
+    rng = cupy.random.default_rng(0)
+    x = rng.uniform(-1, 1, x_shape, dtype=cupy.float32).astype(cupy.float16)
+    w = rng.uniform(-1, 1, w_shape, dtype=cupy.float32).astype(cupy.float16)
+    y = gpuconv.conv2d(x, w, padding=padding, strategy=name)
+    cupy.cuda.get_current_stream().synchronize()
+    n_last, p_last, q_last = problem.n - 1, problem.p - 1, problem.q - 1
+    _sampled_check(y, x, w, problem, [(0, 0, 0, 0), (n_last, problem.k - 1, p_last, q_last),
+                                      (n_last, 0, p_last // 2, q_last), (n_last, 1, p_last, 3)])
+    assert not bool(cupy.isnan(y[-1, :, -4:, -4:]).any())
+
+
+def test_im2col_in_several_workspace_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuconv.cuda import im2col
+
+    case = Case((7, 16, 14, 14), (32, 16, 3, 3), padding=1)
+    problem = case.problem("float32")
+    monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 2 * problem.reduction * problem.p * problem.q * 4)
+    assert im2col.images_per_chunk(problem) == 2  # four chunks, the last of one image
+    _run_strategy("im2col", case, "float32")
+    (x, w, b), ref = _reference(case, "float32")
+    for _ in range(2):  # the prepared replay of the chunked launches
+        y = gpuconv.conv2d(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), padding=1, strategy="im2col")
+        assert_matches(y, ref, problem)
+
+
+def _offset(a: np.ndarray):
+    """A C-contiguous device copy of ``a`` one element past an aligned address."""
+    buf = cupy.empty(a.size + 1, a.dtype)
+    view = buf[1:].reshape(a.shape)
+    view[...] = cupy.asarray(a)
+    return view
+
+
+@pytest.mark.parametrize("name,case", _supported(CASES[:3] + LARGER[:2]), ids=str)
+def test_misaligned_output_and_bias(name: str, case: Case) -> None:
+    from gpuconv.cuda.executor import CupyExecutor
+
+    strategy = _strategies()[name]
+    problem = case.problem("float32")
+    (x, w, b), ref = _reference(case, "float32")
+    y = _offset(np.full(problem.out_shape4, np.nan, np.float32))
+    strategy.run(CupyExecutor(), problem, dict(strategy.defaults),
+                 cupy.asarray(x.reshape(problem.n, problem.c, problem.h, problem.w)),
+                 cupy.asarray(w.reshape(problem.k, problem.cg, problem.r, problem.s)),
+                 None if b is None else _offset(b), y)
+    cupy.cuda.get_current_stream().synchronize()
+    assert_matches(y.reshape(problem.out_shape), ref, problem)
+
+
+def _variant_cases_dtype(dtype: str) -> list[tuple[str, dict[str, int], Case]]:
+    out = []
+    for name in sorted(_strategies()):
+        strategy = _strategies()[name]
+        cases = [c for n, c in _supported(CASES + LARGER) if n == name]
+        variants = [v for v in strategy.variants() if v != dict(strategy.defaults)]
+        for params, case in sample_product(variants, cases, limit=4, seed=len(out) + len(dtype)):
+            if strategy.valid(params, case.problem(dtype)):
+                out.append((name, params, case))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_non_default_variants_in_float16_and_float64(dtype: str) -> None:
+    cases = _variant_cases_dtype(dtype)
+    assert cases
+    for name, params, case in cases:
+        _run_strategy(name, case, dtype, params)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_jax_gpu_arrays_via_dlpack(dtype: str) -> None:
+    jax = pytest.importorskip("jax")
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        pytest.skip("jax without a GPU backend")
+    from gpuconv.measure import jax_dtype_scope
+
+    case = LARGER[0]
+    (x, w, b), ref = _reference(case, dtype)
+    with jax_dtype_scope(jax, dtype):
+        jx, jw, jb = (jax.device_put(a, gpus[0]) for a in (x, w, b))
+        y = gpuconv.conv2d(jx, jw, jb, **case.kwargs)
+        assert isinstance(y, jax.Array) and y.devices() == {gpus[0]} and str(y.dtype) == dtype
+        assert_matches(np.asarray(y), ref, case.problem(dtype))
+
+
+def test_torch_non_default_stream() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    import gpuconv.torch as gtorch
+
+    case = LARGER[0]
+    (x, w, b), ref = _reference(case, "float32")
+    stream = torch.cuda.Stream()
+    tx, tw, tb = (torch.from_numpy(a).cuda() for a in (x, w, b))
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        y = gtorch.conv2d(tx, tw, tb, **case.kwargs)
+        y2 = y * 2  # ordered after the convolution on the same stream
+    stream.synchronize()
+    assert_matches(y.cpu().numpy(), ref, case.problem("float32"))
+    assert_matches(y2.cpu().numpy() / 2, ref, case.problem("float32"))
+
+
+def test_tuned_plan_is_used(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune a tiny problem with a short budget, then an ``auto`` call runs the stored decision."""
+    from gpuconv import plan
+    from gpuconv.autotune import tune
+
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path))
+    plan.forget()
+    case = Case((1, 8, 12, 12), (16, 8, 3, 3), padding=1)
+    problem = case.problem("float32")
+    result = tune(problem, "cuda", trials=3, min_rounds=2, max_rounds=3, candidate_timeout=10.0)
+    assert result.best is not None
+    plan.store_decision(problem, "cuda", result.best, result.metrics(), device=cupy.cuda.Device().id)
+    chosen = plan.choose("conv2d", problem, "cuda", __import__("gpuconv.cuda").cuda, "auto",
+                         device=cupy.cuda.Device().id)
+    assert chosen.source == "tuned" and chosen.strategy == result.best.strategy
+    (x, w, b), ref = _reference(case, "float32")
+    for _ in range(2):
+        assert_matches(gpuconv.conv2d(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), padding=1), ref, problem)
