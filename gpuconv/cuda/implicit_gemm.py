@@ -55,7 +55,8 @@ def _dtypes(problem: ConvProblem | None) -> tuple[str, ...]:
 
 
 def _threads_ok(params: Params, problem: ConvProblem | None) -> bool:
-    return 64 <= threads(params) <= 512
+    # 512 threads leave 128 registers a thread, and every such tile spilled (ptxas -v over the space).
+    return 64 <= threads(params) <= 256
 
 
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
@@ -68,12 +69,16 @@ def staged_words(params: Params, dtype: str) -> int:
 
 
 def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
-    # Accumulators and the staged slice live through the whole loop (in 32-bit registers: a double takes two);
-    # beyond these bounds ptxas spills (measured with ptxas -v over the whole space, see test_cuda_spills.py).
+    # Accumulators and the staged next slice live through the whole loop (in 32-bit registers: a double takes
+    # two). ptxas -v over the whole space (sm_90): every tile staging more than 32 words spilled, and 8x8
+    # accumulators only fit beside at most 16 (test_cuda_spills.py checks every point).
     for dtype in _dtypes(problem):
-        words = ACC_BYTES[dtype] // 4
-        acc = params["TM"] * params["TN"] * words
-        if acc > 128 or acc + staged_words(params, dtype) > 160:
+        acc = params["TM"] * params["TN"] * ACC_BYTES[dtype] // 4
+        staged = staged_words(params, dtype)
+        if staged > 32 or (acc >= 64 and staged > 16):
+            return False
+        # 4x4 tiles of 256 threads: ptxas keeps them at 128 registers and spilled from 16 staged words on.
+        if threads(params) == 256 and params["TM"] * params["TN"] == 16 and staged >= 16:
             return False
     return True
 
