@@ -56,10 +56,10 @@ DIRECT_VARIANTS: list[dict[str, int]] = [
 # Non-default points: small and large block tiles, tall and wide thread tiles, every BK; each is checked to be
 # a valid point of the space.
 IMPLICIT_GEMM_VARIANTS: list[dict[str, int]] = [
-    {"BM": 32, "BN": 32, "BK": 32, "TM": 4, "TN": 4, "SPLIT_K": 1},
-    {"BM": 128, "BN": 64, "BK": 16, "TM": 8, "TN": 4, "SPLIT_K": 2},
-    {"BM": 64, "BN": 128, "BK": 16, "TM": 4, "TN": 8, "SPLIT_K": 3},
-    {"BM": 64, "BN": 32, "BK": 8, "TM": 8, "TN": 4, "SPLIT_K": 1},
+    {"BM": 32, "BN": 32, "BK": 16, "TM": 4, "TN": 4, "SPLIT_K": 1},
+    {"BM": 128, "BN": 64, "BK": 8, "TM": 8, "TN": 4, "SPLIT_K": 2},
+    {"BM": 64, "BN": 128, "BK": 8, "TM": 4, "TN": 8, "SPLIT_K": 3},
+    {"BM": 64, "BN": 32, "BK": 8, "TM": 4, "TN": 4, "SPLIT_K": 1},
 ]
 
 # Each kernel's edge cases, by strategy; the hand-picked variants join the generated ones in the variant tests.
