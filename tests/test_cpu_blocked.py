@@ -46,3 +46,13 @@ def test_result_is_a_view_of_k_major_storage() -> None:
     y = blocked.blocked(problem, x, w)
     assert y.shape == problem.out_shape4 and not y.flags.c_contiguous
     np.testing.assert_allclose(y, reference.conv2d(x, w, None, stride=2, padding=1), rtol=1e-12, atol=1e-12)
+
+
+def test_the_heuristic_takes_it_for_several_small_images() -> None:
+    """res5's 7x7 outputs at batch 8 (1x1, strided 1x1, 3x3): blocked; one image, 14x14 outputs, depthwise: not."""
+    for case in (Case((8, 2048, 7, 7), (512, 2048, 1, 1)), Case((8, 1024, 14, 14), (2048, 1024, 1, 1), stride=2),
+                 Case((8, 512, 7, 7), (512, 512, 3, 3), padding=1), Case((4, 8, 20), (4, 8, 3))):
+        assert cpu.heuristic(case.problem()) == Plan("blocked", blocked.DEFAULTS, "heuristic"), case
+    for case in (Case((1, 2048, 7, 7), (512, 2048, 1, 1)), Case((8, 1024, 14, 14), (512, 1024, 1, 1)),
+                 Case((8, 64, 7, 7), (64, 1, 3, 3), padding=1, groups=64)):
+        assert cpu.heuristic(case.problem()).strategy != "blocked", case
