@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .measure import jax_dtype_scope
 from .problem import ConvProblem, IntOrPair, Padding, gradient_problem, problem_from_arrays
 
 
@@ -35,14 +36,6 @@ def _jax():
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("gpuconv.reference needs JAX: pip install 'gpuconv[jax]'") from e
     return jax
-
-
-def _x64(jax: Any) -> Any:
-    """float64 for the oracle's own computation only: the caller's ``jax_enable_x64`` setting stays as it was."""
-    context = getattr(jax, "enable_x64", None)
-    if context is None:  # pragma: no cover - older jax
-        from jax.experimental import enable_x64 as context
-    return context(True)
 
 
 def run_problem(problem: ConvProblem, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -68,7 +61,7 @@ def run_problem(problem: ConvProblem, x: np.ndarray, w: np.ndarray, bias: np.nda
 
     x4 = np.asarray(x, compute).reshape(x4_shape)
     w4 = np.asarray(w, compute).reshape(w4_shape)
-    with _x64(jax):
+    with jax_dtype_scope(jax, problem.dtype):  # float64 for this computation only, not for the caller
         y = np.asarray(forward(x4, w4), compute)
     if bias is not None:
         y = y + np.asarray(bias, compute)[None, :, None, None]

@@ -86,4 +86,4 @@ def test_the_heuristic_takes_winograd_with_enough_tiles() -> None:
                            direction="weight")
     assert cpu.heuristic(strided).strategy != "winograd"
     depthwise = _problem((8, 64, 56, 56), (64, 1, 3, 3), groups=64)
-    assert not grad_weight_winograd.supports(depthwise)
+    assert not cpu.WEIGHT_STRATEGIES["winograd"].supports(depthwise)

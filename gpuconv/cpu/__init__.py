@@ -62,8 +62,7 @@ STRATEGIES: dict[str, Strategy[CpuRun]] = {
         Strategy("depthwise", _depthwise.depthwise, _depthwise.supports, "groups == C (one input channel per group)",
                  **_WIDE),
         Strategy("pointwise", _pointwise.pointwise, _pointwise.supports, "a 1x1 kernel and no padding"),
-        Strategy("winograd", _winograd.winograd, _winograd.supports,
-                 "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group",
+        Strategy("winograd", _winograd.winograd, _winograd.supports, _winograd.REQUIRES,
                  space=_winograd.SPACE, constraints=_winograd.CONSTRAINTS, defaults=_winograd.DEFAULTS,
                  prepare=_winograd.prepare),
         Strategy("blocked", _blocked.blocked, space=_blocked.SPACE, defaults=_blocked.DEFAULTS),
@@ -99,8 +98,7 @@ WEIGHT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
     for s in (
         Strategy("im2col", _grad_weight.im2col, space={"per_image": (0, 1)}, defaults={"per_image": 0}),
         Strategy("direct", _grad_weight.direct),
-        Strategy("winograd", _weight_winograd, _grad_weight_winograd.supports,
-                 "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group",
+        Strategy("winograd", _weight_winograd, _winograd.supports, _winograd.REQUIRES,
                  space=_grad_weight_winograd.SPACE, defaults=_grad_weight_winograd.DEFAULTS),
     )
 }

@@ -42,6 +42,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..problem import ConvProblem
 from . import _scratch
+from . import winograd as _winograd
 from . import winograd_gemm as _wg
 
 #: The tuning space: the tile and the scratch budget of one chunk of tiles in MiB.
@@ -58,15 +59,9 @@ MIN_TILES = 256
 SMALL_CHUNK_MIN_TILES = 100
 
 
-def supports(problem: ConvProblem) -> bool:
-    """A 3x3 kernel, stride 1, dilation 1 and at least two input channels per group (as the forward's)."""
-    return ((problem.r, problem.s, problem.stride, problem.dilation) == (3, 3, (1, 1), (1, 1))
-            and problem.cg > 1)
-
-
 def pays(problem: ConvProblem) -> bool:
     """Whether the heuristic takes F(4x4) for this weight gradient (see :data:`MIN_TILES`)."""
-    return supports(problem) and problem.n * math.prod(_wg.tiles(problem, 4)) >= MIN_TILES
+    return _winograd.supports(problem) and problem.n * math.prod(_wg.tiles(problem, 4)) >= MIN_TILES
 
 
 def heuristic_params(problem: ConvProblem) -> dict[str, int]:
@@ -94,7 +89,6 @@ def winograd(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, tile: int, chu
     a_mat = np.ascontiguousarray(at.T)                                          # A (a x m)
     xp = _wg.padded_channels_last(problem, x, m * th + 2, m * tw + 2)
     dyp = _padded_gradient(problem, dy, m * th, m * tw)
-    sxn, sxh, sxw, sxc = xp.strides
     syn, syh, syw, syk = dyp.strides
     acc = np.zeros((a * a, g, kg, cg), x.dtype)
     part = _scratch.empty("wgw_part", acc.shape, x.dtype)
@@ -103,12 +97,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, tile: int, chu
         t = nb * tb * tw
         buf1 = _scratch.empty("wgw_1", (a * a * t * c,), x.dtype)
         buf2 = _scratch.empty("wgw_2", (a * a * t * max(c, k),), x.dtype)
-        d = buf1.reshape(a, a, nb, tb, tw, c)
-        np.copyto(d, as_strided(xp[n0:, m * t0:], d.shape, (sxh, sxw, sxn, m * sxh, m * sxw, sxc)))
-        rows = buf2[:a * a * t * c].reshape(a, a * t * c)
-        np.matmul(bt, d.reshape(a, -1), out=rows)                               # Bt d, along tile rows
-        v = buf1.reshape(a, a, t * c)
-        np.matmul(bt, rows.reshape(a, a, t * c), out=v)                         # (Bt d) B, along columns
+        v = _wg.input_transform(xp[n0:n1, m * t0:], m, tb, tw, bt, buf1, buf2)    # the forward's V
         e = _transform_gradient(dyp[n0:n1, m * t0:m * t1], (syh, syw, syn, m * syh, m * syw, syk),
                                 (m, m, nb, tb, tw, k), a_mat, buf2)
         np.matmul(e.reshape(a * a, t, g, kg).transpose(0, 2, 3, 1), v.reshape(a * a, t, g, cg).transpose(0, 2, 1, 3),

@@ -68,6 +68,10 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 _KRON = {np.dtype(t): np.kron(_G, _G).astype(t) for t in (np.float32, np.float64)}  # (16, 9)
 
 
+#: What :func:`supports` asks of a problem, in words (for the messages of forced strategies).
+REQUIRES = "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group"
+
+
 def supports(problem: ConvProblem) -> bool:
     """A 3x3 kernel, stride 1, dilation 1 and at least two input channels per group.
 

@@ -179,7 +179,6 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, m: int, budget_
     if u is None:
         u = filter_transform(problem, w, m, scratch=True)
     xp = padded_channels_last(problem, x, m * th + 2, m * tw + 2)
-    sn, sh, sw, sc = xp.strides
     y = np.empty(problem.out_shape4, x.dtype)
     per_chunk = chunk_tiles(problem, m, budget_bytes)
     for n0, n1, t0, t1 in chunks(n, th, tw, per_chunk):
@@ -188,13 +187,7 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, m: int, budget_
         # d, V and Y share one buffer, the first stage's output and the output transform's another.
         buf1 = _scratch.empty("wgemm_1", (a * a * t * max(c, k),), x.dtype)
         buf2 = _scratch.empty("wgemm_2", (a * t * max(a * c, m * k),), x.dtype)
-        d = buf1[:a * a * t * c].reshape(a, a, nb, tb, tw, c)
-        tiles_view = as_strided(xp[n0:, m * t0:], (a, a, nb, tb, tw, c), (sh, sw, sn, m * sh, m * sw, sc))
-        np.copyto(d, tiles_view)
-        rows = buf2[:a * a * t * c].reshape(a, a * t * c)
-        np.matmul(bt, d.reshape(a, -1), out=rows)                               # Bt d, along tile rows
-        v = d.reshape(a, a, t * c)
-        np.matmul(bt, rows.reshape(a, a, t * c), out=v)                         # (Bt d) B, along columns
+        v = input_transform(xp[n0:n1, m * t0:], m, tb, tw, bt, buf1, buf2)
         mm = _scratch.empty("wgemm_m", (a * a, t, k), x.dtype)
         np.matmul(v.reshape(a * a, t, g, cg).transpose(0, 2, 1, 3), u,
                   out=mm.reshape(a * a, t, g, kg).transpose(0, 2, 1, 3))
@@ -206,6 +199,25 @@ def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, m: int, budget_
             return None
         _store(problem, yt.reshape(m, m, nb, tb, tw, k), y[n0:n1], m, t0)
     return y
+
+
+def input_transform(xp: np.ndarray, m: int, tb: int, tw: int, bt: np.ndarray, out: np.ndarray,
+                    work: np.ndarray) -> np.ndarray:
+    """``V = Bt d B`` of the ``a x a`` tiles at step ``m`` (``a = m + 2``) of ``tb`` rows of ``tw`` tiles from the
+    top of every image of the channels-last ``xp`` ``(nb, ., ., C)``: ``(a, a, T*C)`` in ``out``, tile position
+    major (``T = nb*tb*tw``), every position a contiguous ``T x C`` matrix. ``out`` and ``work`` are flat scratch
+    of at least ``a*a*T*C`` values each: one strided gather into ``out``, then ``Bt`` along the tile rows into
+    ``work`` and along the columns back into ``out``."""
+    a, (nb, c) = m + 2, (xp.shape[0], xp.shape[3])
+    sn, sh, sw, sc = xp.strides
+    t = nb * tb * tw
+    d = out[:a * a * t * c].reshape(a, a, nb, tb, tw, c)
+    np.copyto(d, as_strided(xp, d.shape, (sh, sw, sn, m * sh, m * sw, sc)))
+    rows = work[:a * a * t * c].reshape(a, a * t * c)
+    np.matmul(bt, d.reshape(a, -1), out=rows)                                   # Bt d, along tile rows
+    v = d.reshape(a, a, t * c)
+    np.matmul(bt, rows.reshape(a, a, t * c), out=v)                             # (Bt d) B, along columns
+    return v
 
 
 def chunks(n: int, th: int, tw: int, per_chunk: int) -> list[tuple[int, int, int, int]]:
