@@ -152,6 +152,38 @@ def test_heuristic_picks_the_specialized_paths() -> None:
     assert plan.strategy in ("im2col", "direct")
 
 
+# Depthwise's phased layout (wide at a stride above 1): strides that do and do not divide the kernel, dilation with
+# stride, channel multipliers, padding larger than the kernel, one-channel blocks (block=0 KiB) and large ones.
+_DEPTHWISE_CASES = [
+    # n, c, multiplier, h, w, r, s, stride, dilation, padding
+    (2, 3, 1, 9, 11, 3, 3, 2, 1, 1),
+    (1, 4, 2, 10, 7, 3, 5, (2, 3), 1, (1, 2)),
+    (2, 5, 1, 13, 13, 5, 5, 2, 2, 2),
+    (1, 6, 3, 8, 8, 3, 3, 3, 1, 0),
+    (3, 2, 1, 7, 9, 2, 3, (1, 2), (2, 1), 1),
+    (1, 2, 1, 3, 3, 3, 3, 2, 1, 4),
+    (1, 2, 1, 5, 4, 1, 1, 3, 1, 0),
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("wide", [0, 1])
+@pytest.mark.parametrize("block", [0, 64, 1024])
+@pytest.mark.parametrize("shape", _DEPTHWISE_CASES, ids=str)
+def test_depthwise_layouts_match_torch(shape: tuple, wide: int, block: int) -> None:
+    from gpuconv.cpu import depthwise
+    from gpuconv.problem import make_problem
+    n, c, mult, h, w, r, s, stride, dilation, padding = shape
+    rng = np.random.default_rng(7)
+    x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((c * mult, 1, r, s))
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=c)
+    problem = make_problem("conv2d", x.shape, wt.shape, "float64", False, **kwargs)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt), **kwargs).numpy()
+    got = depthwise.depthwise(problem, x, wt, wide=wide, block=block)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * r * s)
+
+
 # ---- inputs that are not plain C-contiguous arrays ------------------------------------------------------
 
 def _noncontiguous(a: np.ndarray, how: str) -> np.ndarray:

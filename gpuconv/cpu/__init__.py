@@ -1,8 +1,8 @@
 """The CPU backend: NumPy strategies, each a function ``run(problem, x, w, **params) -> y``.
 
 ``x`` is ``(N, C, H, W)`` and ``w`` ``(K, C/groups, R, S)`` in the compute dtype (float32 for float16
-inputs, which are accumulated in float32); ``run`` returns ``(N, K, P, Q)`` in that dtype, without bias,
-possibly as a non-contiguous view. Inputs may be non-contiguous views (transposed, sliced, negative
+and bfloat16 inputs, which are accumulated in float32: ``gpuconv._dtypes.COMPUTE``); ``run`` returns
+``(N, K, P, Q)`` in that dtype, without bias, possibly as a non-contiguous view. Inputs may be non-contiguous views (transposed, sliced, negative
 strides). ``params`` are the strategy's tunables (:attr:`Strategy.space`). :func:`execute` does the dtype
 handling, bias, 1-d reshapes and the contiguous output once.
 
@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._dtypes import compute_dtype, numpy_dtype
 from ..problem import ConvProblem
 from ..strategy import CpuRun, Params, Plan, Strategy
 from . import _views
@@ -60,7 +61,7 @@ STRATEGIES: dict[str, Strategy[CpuRun]] = {
         Strategy("direct", _direct.direct, **_WIDE),
         Strategy("fft", _fft.fft),
         Strategy("depthwise", _depthwise.depthwise, _depthwise.supports, "groups == C (one input channel per group)",
-                 **_WIDE),
+                 space=_depthwise.SPACE, defaults=_depthwise.DEFAULTS),
         Strategy("pointwise", _pointwise.pointwise, _pointwise.supports, "a 1x1 kernel and no padding"),
         Strategy("winograd", _winograd.winograd, _winograd.supports, _winograd.REQUIRES,
                  space=_winograd.SPACE, constraints=_winograd.CONSTRAINTS, defaults=_winograd.DEFAULTS,
@@ -119,9 +120,10 @@ def _wide(problem: ConvProblem) -> dict[str, int]:
     return {"wide": int(_views.wide_pays(problem, max_waste=0.08) and problem.q <= 64)}
 
 
-def _depthwise_wide(problem: ConvProblem) -> dict[str, int]:
-    # Depthwise does no GEMM: long runs win even at 29% junk (MobileNet's 7x7 layers).
-    return {"wide": int(problem.stride == (1, 1))}
+def _depthwise_params(problem: ConvProblem) -> dict[str, int]:
+    # Depthwise does no GEMM: long runs win even at 29% junk (MobileNet's 7x7 layers), and at stride 2 the
+    # phased layout's extra copy of the input costs less than the strided reads of every tap.
+    return {"wide": 1, "block": _depthwise.DEFAULTS["block"]}
 
 
 def _no_params(problem: ConvProblem) -> dict[str, int]:
@@ -138,7 +140,7 @@ def _cols_too_large(problem: ConvProblem) -> bool:
 _RULES: list[tuple[str, Callable[[ConvProblem], bool], Callable[[ConvProblem], dict[str, int]]]] = [
     ("blocked", lambda p: _narrow_images(p), lambda p: dict(_blocked.DEFAULTS)),
     ("pointwise", lambda p: True, _no_params),
-    ("depthwise", lambda p: p.groups > 1, _depthwise_wide),
+    ("depthwise", lambda p: p.groups > 1, _depthwise_params),
     ("fft", lambda p: p.r * p.s >= 25 and _fft_pays(p), _no_params),
     ("winograd", lambda p: _winograd_pays(p), lambda p: _winograd.heuristic_params(p)),
     ("direct", _cols_too_large, _wide),
@@ -201,7 +203,7 @@ def _winograd_pays(problem: ConvProblem) -> bool:
     """Whether Winograd (F(4x4) or F(2x2)) is expected to beat im2col/direct: enough channels and tiles.
 
     The thresholds are data (``gpuconv/cpu/winograd_rules.json``), fitted to a grid of 3x3 layers timed on a
-    2-core AMD EPYC by ``python -m benchmarks.winograd_grid``; :func:`gpuconv.cpu.winograd.preferred_tile`
+    quiet 2-core Intel Xeon (AVX-512; load 0.4-1.2) by ``python -m benchmarks.winograd_grid``; :func:`gpuconv.cpu.winograd.preferred_tile`
     applies them. Few tiles lose: each of the 36 (16) products then reads a transformed filter as large as
     4x (1.8x) the weights for a handful of rows (ResNet-50 res5, 512 channels at 7x7 and batch 1).
     """
@@ -238,17 +240,17 @@ def prepare(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], np.nd
     """
     if problem.direction != "forward":
         return _prepare_gradient(problem, plan)
-    dtype = np.dtype(problem.dtype)
+    dtype = numpy_dtype(problem.dtype)
     out_shape = problem.out_shape
     if problem.n == 0:
         return lambda x, w, bias: np.zeros(out_shape, dtype)
-    compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+    compute = compute_dtype(problem.dtype)
     x4_shape = (problem.n, problem.c, problem.h, problem.w)
     w4_shape = (problem.k, problem.cg, problem.r, problem.s)
     compute_y = _compute(problem, plan)
     # Copies and GEMMs raise no floating-point warnings; elementwise arithmetic (bias, float16 rounding, the
     # transforms of other strategies) may, and NaN and Inf propagate silently, as in PyTorch.
-    quiet = plan.strategy in ("im2col", "pointwise") and dtype != np.float16
+    quiet = plan.strategy in ("im2col", "pointwise") and dtype == compute
 
     as_is = problem.ndim == 2 and dtype == compute  # x and w need no reshape or cast
 
@@ -291,11 +293,11 @@ _GRADIENT_OPERANDS = {"input": ("y", "w", "x"), "weight": ("x", "y", "w")}
 
 def _prepare_gradient(problem: ConvProblem, plan: Plan) -> Callable[[Any, Any, Any], np.ndarray]:
     """A runner ``run(a, b, None) -> result`` of a gradient: ``(dy, w) -> dx`` or ``(x, dy) -> dw``."""
-    dtype = np.dtype(problem.dtype)
+    dtype = numpy_dtype(problem.dtype)
     result_shape = problem.result_shape
     if problem.n == 0:  # no image: dx is empty and dw is zero
         return lambda a, b, bias: np.zeros(result_shape, dtype)
-    compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+    compute = compute_dtype(problem.dtype)
     shapes = _shapes4(problem)
     a_name, b_name, _ = _GRADIENT_OPERANDS[problem.direction]
     a4_shape, b4_shape = shapes[a_name], shapes[b_name]

@@ -9,6 +9,11 @@ Two layouts of the output grid are used:
   long runs; the price is ``Wp - Q`` junk columns per output row, dropped by :func:`narrow`. The last taps
   read up to ``(S-1)*dw`` elements past the end of the plane, so the buffer carries that much zero slack;
   those reads only ever land in junk columns.
+* **phased** (any stride): the padded input split into its ``st_h * st_w`` stride phases (every ``st``-th row
+  and column from each offset), each a zero-bordered plane of ``Hq x Wq``. Tap ``(r, s)`` reads phase
+  ``(r*dh % st_h, s*dw % st_w)`` from row ``r*dh // st_h`` and column ``s*dw // st_w`` on, at stride one: a
+  strided convolution becomes the wide layout over the phases, at the price of one more copy of the input.
+  With stride 1 it is the wide layout itself.
 """
 
 from __future__ import annotations
@@ -72,6 +77,57 @@ def wide_taps(problem: ConvProblem, flat: np.ndarray) -> np.ndarray:
     return as_strided(flat, shape, strides, writeable=False)
 
 
+def phased_input(problem: ConvProblem, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """The padded input split into stride phases (see the module docstring), in one flat scratch buffer.
+
+    Returns ``(flat, wq)``: the buffer ``(N, C, st_h*st_w, Hq, Wq)`` plus zero slack, and the row pitch ``Wq``
+    of every plane (what :func:`narrow` drops the junk columns with).
+    """
+    (st_h, st_w), (dh, dw) = problem.stride, problem.dilation
+    hq = problem.p + (problem.r - 1) * dh // st_h
+    wq = problem.q + (problem.s - 1) * dw // st_w
+    n, c = problem.n, problem.c
+    slack = (problem.s - 1) * dw // st_w
+    size = n * c * st_h * st_w * hq * wq
+    flat = _scratch.empty("phased", (size + slack,), x.dtype)
+    planes = flat[:size].reshape(n, c, st_h, st_w, hq, wq)
+    t, _, l, _ = problem.padding
+    for a in range(st_h):
+        rows = _phase_range(a, t, problem.h, st_h, hq)
+        for b in range(st_w):
+            cols = _phase_range(b, l, problem.w, st_w, wq)
+            plane = planes[:, :, a, b]
+            (i0, i1, h0), (j0, j1, w0) = rows, cols
+            plane[:, :, :i0] = 0
+            plane[:, :, i1:] = 0
+            plane[:, :, i0:i1, :j0] = 0
+            plane[:, :, i0:i1, j1:] = 0
+            plane[:, :, i0:i1, j0:j1] = x[:, :, h0::st_h, w0::st_w][:, :, :i1 - i0, :j1 - j0]
+    flat[size:] = 0
+    return flat, wq
+
+
+def _phase_range(a: int, before: int, size: int, st: int, length: int) -> tuple[int, int, int]:
+    """Phase ``a`` of a padded axis: ``(i0, i1, first)``, the plane indices ``[i0, i1)`` that hold input values
+    (padded index ``st*i + a``, input index ``st*i + a - before``) and the input index at ``i0``."""
+    i0 = min(max(0, -(-(before - a) // st)), length)
+    i1 = max(i0, min(length, -(-(size + before - a) // st)))
+    return i0, i1, st * i0 + a - before
+
+
+def phased_tap(problem: ConvProblem, flat: np.ndarray, wq: int, r: int, s: int) -> np.ndarray:
+    """Tap ``(r, s)`` of :func:`phased_input`'s buffer as a view ``(N, C, P * Wq)``: a run of each channel's phase."""
+    (st_h, st_w), (dh, dw) = problem.stride, problem.dilation
+    hq = problem.p + (problem.r - 1) * dh // st_h
+    phase = (r * dh % st_h) * st_w + s * dw % st_w
+    start = (phase * hq + r * dh // st_h) * wq + s * dw // st_w
+    e = flat.itemsize
+    plane = hq * wq * e
+    shape = (problem.n, problem.c, problem.p * wq)
+    return as_strided(flat[start:], shape, (problem.c * st_h * st_w * plane, st_h * st_w * plane, e),
+                      writeable=False)
+
+
 def compact_taps(problem: ConvProblem, xp: np.ndarray) -> np.ndarray:
     """Every tap of the compact layout as one view ``(N, C, R, S, P, Q)`` of the padded input ``xp``."""
     sn, sc, sh, sw = xp.strides
@@ -81,9 +137,10 @@ def compact_taps(problem: ConvProblem, xp: np.ndarray) -> np.ndarray:
     return as_strided(xp, shape, strides, writeable=False)
 
 
-def narrow(problem: ConvProblem, y: np.ndarray) -> np.ndarray:
-    """Drop the junk columns of a wide result ``(N, K, P * Wp)`` -> view ``(N, K, P, Q)``."""
-    wp = padded_size(problem)[1]
+def narrow(problem: ConvProblem, y: np.ndarray, pitch: int | None = None) -> np.ndarray:
+    """Drop the junk columns of a wide result ``(N, K, P * pitch)`` -> view ``(N, K, P, Q)``; the pitch is the
+    padded width ``Wp`` unless given (a phased result's ``Wq``)."""
+    wp = padded_size(problem)[1] if pitch is None else pitch
     return y.reshape(problem.n, y.shape[1], problem.p, wp)[..., :problem.q]
 
 
