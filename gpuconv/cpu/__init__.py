@@ -203,8 +203,8 @@ def _winograd_pays(problem: ConvProblem) -> bool:
     """Whether Winograd (F(4x4) or F(2x2)) is expected to beat im2col/direct: enough channels and tiles.
 
     The thresholds are data (``gpuconv/cpu/winograd_rules.json``), fitted to a grid of 3x3 layers timed on a
-    quiet 2-core Intel Xeon (AVX-512; load 0.4-1.2) by ``python -m benchmarks.winograd_grid``; :func:`gpuconv.cpu.winograd.preferred_tile`
-    applies them. Few tiles lose: each of the 36 (16) products then reads a transformed filter as large as
+    quiet 2-core Intel Xeon (AVX-512; load 0.4-1.2) by ``python -m benchmarks.winograd_grid``;
+    :func:`gpuconv.cpu.winograd.preferred_tile` applies them. Few tiles lose: each of the 36 (16) products then reads a transformed filter as large as
     4x (1.8x) the weights for a handful of rows (ResNet-50 res5, 512 channels at 7x7 and batch 1).
     """
     return _winograd.preferred_tile(problem) is not None
