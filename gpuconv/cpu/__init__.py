@@ -48,11 +48,8 @@ from . import winograd as _winograd
 from ._machine import fingerprint as fingerprint
 
 
-def _wide_needs_stride1(params: Params, problem: ConvProblem | None) -> bool:
-    return not params["wide"] or problem is None or problem.stride == (1, 1)
-
-
-_WIDE = dict(space={"wide": (0, 1)}, constraints=(_wide_needs_stride1,), defaults={"wide": 0})
+# The wide layout at every stride (phased above 1, see gpuconv.cpu._views); the heuristic takes it where it pays.
+_WIDE = dict(space={"wide": (0, 1)}, defaults={"wide": 0})
 
 STRATEGIES: dict[str, Strategy[CpuRun]] = {
     s.name: s

@@ -128,6 +128,20 @@ def phased_tap(problem: ConvProblem, flat: np.ndarray, wq: int, r: int, s: int) 
                       writeable=False)
 
 
+def tap_views(problem: ConvProblem, x: np.ndarray, wide: int) -> tuple[list[list[np.ndarray]], int | None]:
+    """Every tap ``[r][s]`` as a view ``(N, C, ...)`` of one copy of ``x``, and the row pitch of a wide result
+    (for :func:`narrow`): the wide layout at stride 1, the phased one at larger strides, compact views
+    ``(N, C, P, Q)`` when not ``wide``."""
+    if wide and problem.stride == (1, 1):
+        views = wide_taps(problem, wide_input(problem, x))               # N, C, R, S, P * Wp
+        return [[views[:, :, r, s] for s in range(problem.s)] for r in range(problem.r)], padded_size(problem)[1]
+    if wide:
+        flat, wq = phased_input(problem, x)
+        return [[phased_tap(problem, flat, wq, r, s) for s in range(problem.s)] for r in range(problem.r)], wq
+    views = compact_taps(problem, padded(problem, x))                    # N, C, R, S, P, Q
+    return [[views[:, :, r, s] for s in range(problem.s)] for r in range(problem.r)], None
+
+
 def compact_taps(problem: ConvProblem, xp: np.ndarray) -> np.ndarray:
     """Every tap of the compact layout as one view ``(N, C, R, S, P, Q)`` of the padded input ``xp``."""
     sn, sc, sh, sw = xp.strides

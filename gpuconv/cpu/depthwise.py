@@ -21,8 +21,8 @@ import numpy as np
 from ..problem import ConvProblem
 from . import _scratch, _views
 
-#: The tuning space: the wide layout (stride 1 only) and the output bytes of one block of channels, in KiB.
-SPACE = {"wide": (0, 1), "block": (64, 256, 1024)}  # wide at a stride > 1: the phased layout
+#: The tuning space: the wide layout (phased at strides above 1) and the output bytes of one block of channels, in KiB.
+SPACE = {"wide": (0, 1), "block": (64, 256, 1024)}
 DEFAULTS = {"wide": 0, "block": 256}
 
 
@@ -45,7 +45,7 @@ def depthwise(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int =
         ``(N, K, P, Q)`` in the compute dtype.
     """
     n, c, m = problem.n, problem.c, problem.kg
-    taps, pitch = _taps(problem, x, wide)
+    taps, pitch = _views.tap_views(problem, x, wide)
     spatial = taps[0][0].shape[2:]
     # (R, S, C, M, 1...): the weight of one tap, broadcast over the output grid.
     wt = np.ascontiguousarray(w.reshape(c, m, problem.r, problem.s).transpose(2, 3, 0, 1))
@@ -61,19 +61,6 @@ def depthwise(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int =
     if wide:
         return _views.narrow(problem, y, pitch)
     return y.reshape(n, problem.k, problem.p, problem.q)
-
-
-def _taps(problem: ConvProblem, x: np.ndarray, wide: int) -> tuple[list[list[np.ndarray]], int | None]:
-    """Every tap ``[r][s]`` as a view ``(N, C, ...)`` of one copy of the input, and the row pitch of a wide one:
-    the wide layout at stride 1, its phased form at larger strides, compact views otherwise."""
-    if wide and problem.stride == (1, 1):
-        views = _views.wide_taps(problem, _views.wide_input(problem, x))   # N, C, R, S, P * Wp
-        return [[views[:, :, r, s] for s in range(problem.s)] for r in range(problem.r)], None
-    if wide:
-        flat, wq = _views.phased_input(problem, x)
-        return [[_views.phased_tap(problem, flat, wq, r, s) for s in range(problem.s)] for r in range(problem.r)], wq
-    views = _views.compact_taps(problem, _views.padded(problem, x))       # N, C, R, S, P, Q
-    return [[views[:, :, r, s] for s in range(problem.s)] for r in range(problem.r)], None
 
 
 def _block(taps: list[list[np.ndarray]], wt: np.ndarray, y: np.ndarray) -> None:

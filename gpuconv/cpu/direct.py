@@ -1,12 +1,15 @@
 """Direct: one GEMM per kernel tap, accumulated; the column matrix is never built (the memory-light choice).
 
 For tap ``(r, s)`` the contribution is ``W[:, :, r, s] (K/G x C/G) @ X_rs (C/G x P*Q)`` per image and group,
-where ``X_rs`` is the input shifted by the tap. With the wide layout (stride 1) ``X_rs`` is a strided view
-BLAS reads in place, so apart from padding nothing is copied; otherwise each tap is copied into one reused
+where ``X_rs`` is the input shifted by the tap. With the wide layout ``X_rs`` is a strided view BLAS reads in
+place (at a stride above 1, a run of one stride phase of the input), so apart from padding (and the phase
+split) nothing is copied; otherwise each tap is copied into one reused
 ``(N, C, P, Q)`` buffer. Extra memory: the padded input and two output-sized buffers.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -21,7 +24,8 @@ def direct(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
         problem: the validated problem.
         x: ``(N, C, H, W)`` in the compute dtype, any strides.
         w: ``(K, C/G, R, S)`` in the compute dtype.
-        wide: read taps in place through the wide layout (stride 1 only; see :mod:`gpuconv.cpu._views`).
+        wide: read taps in place through the wide layout (phased at strides above 1; see
+            :mod:`gpuconv.cpu._views`).
 
     Returns:
         ``(N, K, P, Q)`` in the compute dtype.
@@ -29,19 +33,14 @@ def direct(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
     n, g, cg, kg = problem.n, problem.groups, problem.cg, problem.kg
     # (R, S, G, K/G, C/G): each tap's weight is a contiguous stack of G matrices.
     wt = np.ascontiguousarray(w.reshape(g, kg, cg, problem.r, problem.s).transpose(3, 4, 0, 1, 2))
-    if wide:
-        taps = _views.wide_taps(problem, _views.wide_input(problem, x))      # N, C, R, S, L
-        length = taps.shape[-1]
-        buf = None
-    else:
-        taps = _views.compact_taps(problem, _views.padded(problem, x))       # N, C, R, S, P, Q
-        length = problem.p * problem.q
-        buf = _scratch.empty("tap", (n, problem.c, problem.p, problem.q), x.dtype)
+    taps, pitch = _views.tap_views(problem, x, wide)
+    length = math.prod(taps[0][0].shape[2:])
+    buf = None if wide else _scratch.empty("tap", (n, problem.c, problem.p, problem.q), x.dtype)
     y = np.empty((n, g, kg, length), x.dtype)
     tmp = _scratch.empty("tmp", y.shape, y.dtype)
     for r in range(problem.r):
         for s in range(problem.s):
-            tap = taps[:, :, r, s]
+            tap = taps[r][s]
             if buf is not None:
                 np.copyto(buf, tap)
                 tap = buf
@@ -51,5 +50,5 @@ def direct(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
                 y += tmp
     y = y.reshape(n, problem.k, length)
     if wide:
-        return _views.narrow(problem, y)
+        return _views.narrow(problem, y, pitch)
     return y.reshape(n, problem.k, problem.p, problem.q)

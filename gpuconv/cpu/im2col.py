@@ -27,15 +27,20 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
         problem: the validated problem.
         x: ``(N, C, H, W)`` in the compute dtype, any strides.
         w: ``(K, C/G, R, S)`` in the compute dtype.
-        wide: use the wide layout of :mod:`gpuconv.cpu._views` (stride 1 only): the column matrix is copied
-            in runs of ``P * Wp`` instead of ``Q`` elements, at the price of ``Wp - Q`` junk output columns.
+        wide: use the wide layout of :mod:`gpuconv.cpu._views` (phased at strides above 1): the column matrix
+            is copied in runs of ``P * Wp`` instead of ``Q`` elements, at the price of ``Wp - Q`` junk output
+            columns.
 
     Returns:
         ``(N, K, P, Q)`` in the compute dtype.
     """
     g, kg = problem.groups, problem.kg
     wm = w.reshape(g, kg, problem.reduction)
-    if wide:
+    pitch = None
+    if wide and problem.stride != (1, 1):
+        views, pitch = _views.tap_views(problem, x, wide)                  # [R][S]: N, C, P * Wq
+        taps = _Phased(views)
+    elif wide:
         taps = _views.wide_taps(problem, _views.wide_input(problem, x))      # N, C, R, S, L
     else:
         taps = _views.compact_taps(problem, _views.padded(problem, x))       # N, C, R, S, P, Q
@@ -44,15 +49,32 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
     per_image = problem.c * problem.r * problem.s * length * x.itemsize
     chunk = max(1, min(n, COLS_BUDGET_BYTES // per_image))
     y = np.empty((n, g, kg, length), x.dtype)
-    cols = _scratch.empty("cols", (chunk, g, problem.cg, problem.r, problem.s, *spatial), x.dtype)
+    cols = _scratch.empty("cols", (chunk, problem.c, problem.r, problem.s, *spatial), x.dtype)
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
-        np.copyto(cols[:m], taps[i:i + m].reshape(m, g, problem.cg, problem.r, problem.s, *spatial))
+        if isinstance(taps, _Phased):
+            taps.copy_to(cols[:m], i)
+        else:
+            np.copyto(cols[:m], taps[i:i + m])
         np.matmul(wm, cols[:m].reshape(m, g, problem.reduction, length), out=y[i:i + m])
     y = y.reshape(n, problem.k, length)
     if wide:
-        return _views.narrow(problem, y)
+        return _views.narrow(problem, y, pitch)
     return y.reshape(n, problem.k, problem.p, problem.q)
+
+
+class _Phased:
+    """The phased layout's taps (one view per tap) with the copy interface of a tap view ``(N, C, R, S, L)``."""
+
+    def __init__(self, views: list[list[np.ndarray]]) -> None:
+        self.views = views
+        n, c, length = views[0][0].shape
+        self.shape = (n, c, len(views), len(views[0]), length)
+
+    def copy_to(self, cols: np.ndarray, i: int) -> None:
+        for r, row in enumerate(self.views):
+            for s, view in enumerate(row):
+                np.copyto(cols[:, :, r, s], view[i:i + cols.shape[0]])
 
 
 def prepare(problem: ConvProblem, *, wide: int = 0) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
