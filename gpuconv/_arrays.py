@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._dtypes import bfloat16
+
 _DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
 
 
@@ -51,34 +53,76 @@ def kind_of(fn: str, name: str, a: Any) -> ArrayKind:
 
 
 def to_backend(a: Any, kind: ArrayKind) -> Any:
-    """View ``a`` as the backend's native array (NumPy or CuPy), zero-copy."""
+    """View ``a`` as the backend's native array (NumPy or CuPy), zero-copy.
+
+    NumPy's DLPack import knows no bfloat16, so a bfloat16 tensor on the CPU is viewed differently: a PyTorch
+    tensor as its int16 bits reinterpreted as ``ml_dtypes.bfloat16``, a JAX array through ``__array__`` (both
+    share the caller's memory). On CUDA, CuPy 14 imports bfloat16 through DLPack; an older CuPy raises a
+    ``TypeError`` naming the dtype.
+    """
     if kind.library in ("numpy", "cupy"):
         return a
     if kind.library == "torch" and a.requires_grad:
         a = a.detach()  # DLPack refuses tensors that require grad; the values are what a convolution reads
     if kind.backend == "cpu":
+        if _is_bfloat16(a):
+            return _host_bfloat16(a, kind)
         return np.from_dlpack(a)
     import cupy
 
-    return cupy.from_dlpack(a)
+    try:
+        return cupy.from_dlpack(a)
+    except (BufferError, TypeError, ValueError, RuntimeError) as e:
+        if not _is_bfloat16(a):
+            raise
+        raise TypeError(f"a bfloat16 {kind.library} array on CUDA cannot be imported into CuPy {cupy.__version__} "
+                        f"({e}); CuPy 14 or later holds bfloat16") from None
+
+
+def _is_bfloat16(a: Any) -> bool:
+    return str(getattr(a, "dtype", "")).rsplit(".", 1)[-1] == "bfloat16"
+
+
+def _host_bfloat16(a: Any, kind: ArrayKind) -> np.ndarray:
+    """A host bfloat16 array of the library ``kind`` as a NumPy ``ml_dtypes.bfloat16`` view of the same memory."""
+    bf16 = bfloat16()
+    if kind.library == "torch":
+        import torch
+
+        return a.view(torch.int16).numpy().view(bf16)  # same itemsize: any strides view as they are
+    return np.asarray(a).view(bf16)
 
 
 def from_backend(kind: ArrayKind) -> Callable[[Any], Any]:
-    """A function turning a backend result back into the caller's kind of array."""
+    """A function turning a backend result back into the caller's kind of array.
+
+    A NumPy bfloat16 result goes back to PyTorch as a view of its int16 bits (zero-copy) and to JAX as a copy
+    (neither imports NumPy's bfloat16 through DLPack).
+    """
     if kind.library in ("numpy", "cupy"):
         return lambda y: y
     if kind.library == "torch":
         import torch
 
-        return torch.from_dlpack
+        def to_torch(y: Any) -> Any:
+            if isinstance(y, np.ndarray) and y.dtype.name == "bfloat16":
+                return torch.from_numpy(y.view(np.int16)).view(torch.bfloat16)
+            return torch.from_dlpack(y)
+
+        return to_torch
     if kind.library in ("jax", "jaxlib"):
         import jax.numpy as jnp
 
-        return jnp.from_dlpack
+        def to_jax(y: Any) -> Any:
+            if isinstance(y, np.ndarray) and y.dtype.name == "bfloat16":
+                return jnp.asarray(y)
+            return jnp.from_dlpack(y)
+
+        return to_jax
     return lambda y: y
 
 
-_FLOAT_NAMES = {np.dtype(n): n for n in ("float16", "float32", "float64")}
+_FLOAT_NAMES = {np.dtype(n): n for n in ("float16", "float32", "float64")}  # bfloat16 by name, below
 
 
 def dtype_name(fn: str, name: str, a: Any) -> str:

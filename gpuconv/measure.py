@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from ._dtypes import COMPUTE, MANTISSA_BITS, numpy_dtype
 from .problem import ConvProblem, make_problem
 from .strategy import Plan
 
@@ -27,14 +28,15 @@ from .strategy import Plan
 def random_inputs(problem: ConvProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The direction's two operands (``x, w``; ``dy, w``; ``x, dy``) and the bias if the problem has one, uniform
     in [-1, 1), in the problem's dtype, on the host."""
-    draw = lambda shape: rng.uniform(-1, 1, shape).astype(problem.dtype)  # noqa: E731
+    dtype = numpy_dtype(problem.dtype)
+    draw = lambda shape: rng.uniform(-1, 1, shape).astype(dtype)  # noqa: E731
     a, b = problem.operand_shapes
     return draw(a), draw(b), (draw((problem.k,)) if problem.has_bias else None)
 
 
 def copies_for(problem: ConvProblem, wanted: int) -> int:
     """How many input copies to rotate: ``wanted``, fewer when one copy is already large."""
-    size = np.dtype(problem.dtype).itemsize * sum(math.prod(s) for s in problem.operand_shapes)
+    size = numpy_dtype(problem.dtype).itemsize * sum(math.prod(s) for s in problem.operand_shapes)
     return max(1, min(wanted, (1 << 30) // max(size, 1)))
 
 
@@ -74,9 +76,10 @@ def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
 
     Each result element is a sum of ``problem.sum_length`` products (the forward's dot product, or a gradient's
     sum over output channels and taps, or over the batch and the output grid); the rounding error of a
-    length-n sum grows at most like ``n * eps * max|term|``. float16 inputs are accumulated in float32 and
-    rounded once to float16, so they get one float16 ulp relative on top of the float32 sum. A float32 problem at
-    ``precision="tf32"`` adds the TF32 rounding of both operands of every product.
+    length-n sum grows at most like ``n * eps * max|term|``. float16 and bfloat16 inputs are accumulated in
+    float32 (their products are exact there) and rounded once to their dtype, so they get one ulp of it relative
+    (2**-10 for float16's 11 significand bits, 2**-7 for bfloat16's 8) on top of the float32 sum. A float32
+    problem at ``precision="tf32"`` adds the TF32 rounding of both operands of every product.
 
     Example:
         >>> from gpuconv.problem import make_problem
@@ -84,12 +87,13 @@ def tolerance(problem: ConvProblem, scale: float = 1.0) -> tuple[float, float]:
         >>> rtol < 1e-5 and atol < 1e-3
         True
     """
-    compute = np.float32 if problem.dtype == "float16" else np.dtype(problem.dtype)
+    compute = COMPUTE[problem.dtype]
     eps = float(np.finfo(compute).eps)
     atol = 4 * eps * (problem.sum_length + 1) * scale
-    rtol = 2.0 ** -10 if problem.dtype == "float16" else 4 * eps
-    if problem.dtype == "float16":
-        atol += 2.0 ** -24  # float16 subnormal spacing
+    narrow = compute != problem.dtype  # rounded once from the float32 sum to a 16-bit dtype
+    rtol = 2.0 ** (1 - MANTISSA_BITS[problem.dtype]) if narrow else 4 * eps
+    if narrow:
+        atol += float(np.finfo(numpy_dtype(problem.dtype)).smallest_subnormal)  # 2**-24 float16, 2**-133 bf16
     if problem.dtype == "float32" and problem.precision == "tf32":
         # both operands rounded to 10 mantissa bits (relative error 2**-11 each): 2**-10 per product
         atol += 2.0 ** -10 * problem.sum_length * scale

@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Union
 
 from ._arrays import ArrayKind, dtype_name, kind_of
+from ._dtypes import DTYPES, numpy_dtype
 
 IntOrPair = Union[int, tuple[int, ...]]
 Padding = Union[int, str, tuple[int, ...]]
-
-DTYPES = ("float16", "float32", "float64")
 
 #: What a problem computes: the convolution itself, or one of its two gradients. A gradient problem keeps the
 #: forward geometry (x, w and the output are the forward's shapes); only its operands and result differ.
@@ -38,7 +37,7 @@ class ConvProblem:
         stride, dilation: ``(vertical, horizontal)``.
         padding: ``(top, bottom, left, right)``, already resolved from ``'same'``/``'valid'``.
         groups: number of channel groups.
-        dtype: one of :data:`DTYPES`; the dtype of x, w, bias and the output.
+        dtype: one of :data:`DTYPES` (``gpuconv._dtypes``); the dtype of x, w, bias and the output.
         has_bias: whether a bias is added (forward only).
         direction: what is computed, one of :data:`DIRECTIONS`: ``"forward"`` (``y`` from ``x`` and ``w``),
             ``"input"`` (``dx`` from ``dy`` and ``w``) or ``"weight"`` (``dw`` from ``x`` and ``dy``).
@@ -273,6 +272,11 @@ def _make_problem(fn: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], d
         raise ValueError(f"{fn}: {wn} must be {ndim + 2}-d {wlayout}, got shape {w_shape}")
     if dtype not in DTYPES:
         raise TypeError(f"{fn}: dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+    if dtype == "bfloat16":
+        try:
+            numpy_dtype(dtype)  # registers np.dtype("bfloat16") for the backends, or says what to install
+        except TypeError as e:
+            raise TypeError(f"{fn}: {e}") from None
     if not _is_int(groups):
         raise TypeError(f"{fn}: groups must be an int, got {type(groups).__name__}")
     if groups < 1:

@@ -1,8 +1,8 @@
 """The oracle: ``jax.lax.conv_general_dilated`` at HIGHEST precision, with the signature of :func:`gpuconv.conv2d`.
 
 Deliberately boring: arguments go through the same validation as the fast path, then straight into XLA.
-Inputs and outputs are NumPy arrays (CuPy and DLPack inputs are copied to the host). float16 problems are
-computed in float32 and rounded once at the end, which is what gpuconv promises for float16.
+Inputs and outputs are NumPy arrays (CuPy and DLPack inputs are copied to the host). float16 and bfloat16
+problems are computed in float32 and rounded once at the end, which is what gpuconv promises for them.
 Needs the optional ``jax`` extra; importing :mod:`gpuconv` does not import JAX.
 
 The gradients (``conv2d_input``, ``conv2d_weight``, and the 1-d ones, with ``gpuconv.grad``'s signatures) are
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import ArrayKind, to_backend
+from ._dtypes import compute_dtype, numpy_dtype
 from .measure import jax_dtype_scope
 from .problem import ConvProblem, IntOrPair, Padding, gradient_problem, problem_from_arrays
 
@@ -26,8 +28,10 @@ def _to_numpy(a: Any) -> np.ndarray:
     if type(a).__module__.split(".")[0] == "cupy":
         return a.get()
     if hasattr(a, "detach"):  # a torch tensor that may require grad
-        a = a.detach().cpu()
-    return np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a)
+        return to_backend(a.detach().cpu(), ArrayKind("cpu", "torch"))  # (bfloat16 too, which DLPack is not)
+    if hasattr(a, "__dlpack__") and str(getattr(a, "dtype", "")) != "bfloat16":
+        return np.from_dlpack(a)
+    return np.asarray(a)
 
 
 def _jax():
@@ -44,11 +48,11 @@ def run_problem(problem: ConvProblem, x: np.ndarray, w: np.ndarray, bias: np.nda
     ``x`` and ``w`` are the direction's operands: ``(x, w)`` for the forward, ``(dy, w)`` for the input gradient
     and ``(x, dy)`` for the weight gradient (computed from their definition in float64, see :func:`_gradient`).
     """
-    dtype = np.dtype(problem.dtype)
+    dtype = numpy_dtype(problem.dtype)
     if problem.direction != "forward":  # x and w are the direction's operands, (dy, w) or (x, dy)
         return _gradient(problem, np.asarray(x), np.asarray(w)).astype(dtype)
     jax = _jax()
-    compute = np.float32 if dtype == np.float16 else dtype
+    compute = compute_dtype(problem.dtype)
     x4_shape = (problem.n, problem.c, problem.h, problem.w)
     w4_shape = (problem.k, problem.cg, problem.r, problem.s)
     t, b, l, r = problem.padding

@@ -19,7 +19,7 @@ from .problem import IntOrPair, _check_dtypes, _check_same_place, _int_tuple, ma
 
 def conv_transpose2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: IntOrPair = 0,
                      output_padding: IntOrPair = 0, groups: int = 1, dilation: IntOrPair = 1, *,
-                     strategy: str = "auto") -> Any:
+                     strategy: str = "auto", precision: str = "highest") -> Any:
     """2-d transposed convolution (the up-sampling layer of U-Net and DCGAN), as ``F.conv_transpose2d``.
 
     Args:
@@ -31,12 +31,15 @@ def conv_transpose2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, pa
         output_padding: extra rows/columns at the bottom/right, smaller than the stride or the dilation.
         groups: channel groups (``C_in`` and ``C_out`` divisible by it).
         strategy: ``"auto"`` or a name of the backend's input-gradient table (``gpuconv.cpu.INPUT_STRATEGIES``).
+        precision: ``"highest"`` or ``"tf32"``, as in :func:`gpuconv.conv2d` (part of the problem and of the
+            tuning key); keyword only.
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` of the input's dtype and kind.
+        ``(N, C_out, H_out, W_out)`` of the input's dtype and kind (float16 and bfloat16 accumulated in float32).
 
     Raises:
-        TypeError, ValueError: bad arrays or options, naming the argument and the shapes.
+        TypeError, ValueError: bad arrays or options (``precision`` included), naming the argument and the
+            shapes.
 
     Example:
         >>> import numpy as np, gpuconv
@@ -44,34 +47,36 @@ def conv_transpose2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, pa
         >>> gpuconv.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1).shape
         (1, 4, 14, 14)
     """
-    return _transpose("conv_transpose2d", x, w, bias, stride, padding, output_padding, groups, dilation, strategy)
+    return _transpose("conv_transpose2d", x, w, bias, stride, padding, output_padding, groups, dilation, strategy,
+                      precision)
 
 
 def conv_transpose1d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: IntOrPair = 0,
                      output_padding: IntOrPair = 0, groups: int = 1, dilation: IntOrPair = 1, *,
-                     strategy: str = "auto") -> Any:
+                     strategy: str = "auto", precision: str = "highest") -> Any:
     """:func:`conv_transpose2d` with one spatial dimension: x ``(N, C_in, L)`` or ``(C_in, L)``, w
     ``(C_in, C_out/groups, R)``, as ``F.conv_transpose1d``."""
-    return _transpose("conv_transpose1d", x, w, bias, stride, padding, output_padding, groups, dilation, strategy)
+    return _transpose("conv_transpose1d", x, w, bias, stride, padding, output_padding, groups, dilation, strategy,
+                      precision)
 
 
 def _transpose(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, output_padding: Any, groups: Any,
-               dilation: Any, strategy: Any) -> Any:
+               dilation: Any, strategy: Any, precision: Any) -> Any:
     key = None
     if (_calls.plain(stride) and _calls.plain(padding) and _calls.plain(output_padding) and _calls.plain(dilation)
-            and type(groups) is int and type(strategy) is str):
+            and type(groups) is int and type(strategy) is str and type(precision) is str):
         arrays = _calls.arrays_key((x, w, bias))
         if arrays is not None:
-            key = (fn, arrays, stride, padding, output_padding, dilation, groups, strategy)
+            key = (fn, arrays, stride, padding, output_padding, dilation, groups, strategy, precision)
     run = _calls.find(key)
     if run is None:
-        run = _prepare(fn, x, w, bias, stride, padding, output_padding, groups, dilation, strategy)
+        run = _prepare(fn, x, w, bias, stride, padding, output_padding, groups, dilation, strategy, precision)
         _calls.keep(key, run)
     return run(x, w, bias)
 
 
 def _prepare(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, output_padding: Any, groups: Any,
-             dilation: Any, strategy: Any) -> _calls.Runner:
+             dilation: Any, strategy: Any, precision: Any = "highest") -> _calls.Runner:
     ndim = 1 if "1d" in fn else 2
     arrays = {"x": x, "w": w} if bias is None else {"x": x, "w": w, "bias": bias}
     kinds = {name: kind_of(fn, name, a) for name, a in arrays.items()}
@@ -117,7 +122,7 @@ def _prepare(fn: str, x: Any, w: Any, bias: Any, stride: Any, padding: Any, outp
         raise ValueError(f"{fn}: bias must have shape ({c_out},) to match w.shape[1] x groups, got "
                          f"{tuple(bias.shape)}")
     problem = make_problem(fn, (n, c_out, *out), w_shape, dtype, False, stride=st, padding=pad, dilation=dil,
-                           groups=groups, direction="input")
+                           groups=groups, direction="input", precision=precision)
     kind = kinds["x"]
     backend = get_backend(kind.backend)
     chosen = _plan.choose(fn, problem, kind.backend, backend, strategy, device=kind.device)

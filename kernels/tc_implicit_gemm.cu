@@ -1,8 +1,8 @@
 // Tensor-core implicit GEMM convolution: per group g, Y_g (Kg x N*P*Q) = W_g (Kg x R*S*Cp) * X_g (R*S*Cp x N*P*Q)
-// on mma.sync (float16: m16n8k16; float32: m16n8k8 on TF32-rounded inputs), float32 accumulators.
+// on mma.sync (float16 and bfloat16: m16n8k16; float32: m16n8k8 on TF32-rounded inputs), float32 accumulators.
 //
 // The operands are first packed (tc_pack_x, tc_pack_w) into channel-last layouts with the channels of a group
-// padded with zeros to Cp, a multiple of one 16-byte vector (8 halves or 4 floats):
+// padded with zeros to Cp, a multiple of one 16-byte vector (8 16-bit elements or 4 floats):
 //   xp (groups, N, H, W, Cp)    wp (K, R, S, Cp)    reduction index kr = (r * S + s) * Cp + c
 // so every 16-byte chunk of a reduction slice is one aligned cp.async, whatever C, the strides or the padding
 // (a chunk in the zero padding of the image, past the last column or past the reduction is a zero-fill).
@@ -52,15 +52,16 @@
 #define TC_CPR (BK / TC_VEC)                    // chunks per shared row
 #define TC_A_CHUNKS ((BM * TC_CPR + TC_THREADS - 1) / TC_THREADS)
 #define TC_B_CHUNKS ((BN * TC_CPR + TC_THREADS - 1) / TC_THREADS)
-static_assert(sizeof(T) == 2 || sizeof(T) == 4, "tensor-core kernel: T is __half or float");
+static_assert(sizeof(T) == 2 || sizeof(T) == 4, "tensor-core kernel: T is __half, __nv_bfloat16 or float");
 static_assert(TC_WTM % 16 == 0 && TC_WTN % 16 == 0, "a warp tile is a multiple of 16 x 16");
 static_assert(BK % 16 == 0, "BK is a multiple of 16");
 static_assert(TC_THREADS % TC_CPR == 0, "each thread loads a fixed chunk column of every row it loads");
 static_assert(STAGES >= 2, "at least two stages");
 
-// TF32 for float (the tensor core reads the upper 19 bits of a rounded value), identity for __half.
+// TF32 for float (the tensor core reads the upper 19 bits of a rounded value), identity for the 16-bit types.
 static __device__ __forceinline__ float tc_operand(const float v) { return tf32_round_float(v); }
 static __device__ __forceinline__ __half tc_operand(const __half v) { return v; }
+static __device__ __forceinline__ __nv_bfloat16 tc_operand(const __nv_bfloat16 v) { return v; }
 
 // x (N, C, H, W) -> xp (groups, N, H, W, Cp), zero for c >= C/groups; one thread per element of xp.
 extern "C" __global__ __launch_bounds__(PACK_THREADS) void tc_pack_x(const T* __restrict__ x, T* __restrict__ xp,
@@ -114,9 +115,19 @@ static __device__ __forceinline__ int thread_index_x() {
 #endif
 }
 
+// The mma of the element type, chosen by overload on a typed null pointer (T is a macro, not a template).
+static __device__ __forceinline__ void tc_mma_of(const __half*, float d[4], const unsigned a[4], const unsigned b[2]) {
+    mma_m16n8k16_f16(d, a, b, d);
+}
+static __device__ __forceinline__ void tc_mma_of(const __nv_bfloat16*, float d[4], const unsigned a[4],
+                                                 const unsigned b[2]) {
+    mma_m16n8k16_bf16(d, a, b, d);
+}
+static __device__ __forceinline__ void tc_mma_of(const float*, float d[4], const unsigned a[4], const unsigned b[2]) {
+    mma_m16n8k8_tf32(d, a, b, d);
+}
 static __device__ __forceinline__ void tc_mma(float d[4], const unsigned a[4], const unsigned b[2]) {
-    if (sizeof(T) == 2) mma_m16n8k16_f16(d, a, b, d);
-    else mma_m16n8k8_tf32(d, a, b, d);
+    tc_mma_of(static_cast<const T*>(nullptr), d, a, b);
 }
 
 extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(

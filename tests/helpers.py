@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuconv._dtypes import numpy_dtype
 from gpuconv.measure import tolerance  # one formula for the tests and the tuner
 from gpuconv.problem import ConvProblem, make_problem
 
@@ -67,7 +68,8 @@ CASES: list[Case] = [
 def random_inputs(case: Case, dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """x, w, bias drawn uniformly from [-1, 1) (never zeros), in ``dtype``."""
     rng = np.random.default_rng(seed)
-    draw = lambda shape: rng.uniform(-1, 1, shape).astype(dtype)  # noqa: E731
+    dt = numpy_dtype(dtype)  # bfloat16 included (ml_dtypes)
+    draw = lambda shape: rng.uniform(-1, 1, shape).astype(dt)  # noqa: E731
     return draw(case.x), draw(case.w), (draw((case.w[0],)) if case.bias else None)
 
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gpuconv"
 
 #: Layer of each module, lowest first; a module may import its own layer or lower ones, never a higher one.
 LAYERS: list[tuple[str, ...]] = [
-    ("gpuconv._data", "gpuconv._arrays"),
+    ("gpuconv._data", "gpuconv._dtypes", "gpuconv._arrays"),
     ("gpuconv.problem", "gpuconv.strategy", "gpuconv.adjoint"),
     ("gpuconv.cpu", "gpuconv.cuda", "gpuconv.backends"),
     ("gpuconv.cache",),

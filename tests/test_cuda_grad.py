@@ -24,7 +24,8 @@ from helpers import GRAD_CASES, Case, assert_matches, gradient_case, gradient_pr
 from test_cuda_compile import ARCHS, SAMPLE, SMEM_LIMIT, RecordingExecutor, _cubin_report, ptx_of, shared_bytes
 
 from gpuconv.cuda import TABLES, col2im, dgrad, heuristic, run_plan, wgrad
-from gpuconv.problem import DTYPES, ConvProblem, make_problem
+from gpuconv.cuda.source import SIMT_DTYPES as DTYPES  # the dedicated kernels' (bfloat16: rewrite only)
+from gpuconv.problem import ConvProblem, make_problem
 from gpuconv.strategy import Plan
 
 DIRECTIONS = ("input", "weight")

@@ -1,5 +1,6 @@
-"""``kernels/tc_implicit_gemm.cu`` on the CPU emulation: float16 (mma.m16n8k16) and float32 at precision "tf32"
-(mma.m16n8k8), against the float64 definition with tolerances from the mantissas (``gpuconv.measure.tolerance``).
+"""``kernels/tc_implicit_gemm.cu`` on the CPU emulation: float16 and bfloat16 (mma.m16n8k16 .f16 / .bf16) and float32
+at precision "tf32" (mma.m16n8k8), against the float64 definition with tolerances from the mantissas
+(``gpuconv.measure.tolerance``).
 
 The emulated mma and ldmatrix follow the PTX ISA's fragment layouts and cp.async copies land only at their wait
 (see ``kernels/warp.cuh``), so a fragment in the wrong register, a missing wait or barrier in the pipeline, or a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -18,11 +20,12 @@ from emu import EmuExecutor
 from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
 from gpuconv.cuda import STRATEGIES, heuristic, tc_implicit_gemm
+from gpuconv.cuda.compile import compile_ptx
 from gpuconv.problem import ConvProblem, make_problem
 from gpuconv.reference import run_problem
 
 STRATEGY = tc_implicit_gemm.STRATEGY
-PRECISION = {"float16": "highest", "float32": "tf32"}
+PRECISION = {"float16": "highest", "bfloat16": "highest", "float32": "tf32"}
 
 # What the kernel's packing and pipeline have to get right beyond the shared grid: channels that are and are not
 # a multiple of the 16-byte vector, reductions of many slices (the pipeline turns over several times), output
@@ -47,7 +50,7 @@ def _reference(case: Case, dtype: str, seed: int) -> np.ndarray:
     x, w, b = random_inputs(case, dtype, seed)
     problem = dataclasses.replace(_problem(case, dtype), dtype="float64", precision="highest")
     wide = [None if a is None else a.astype(np.float64) for a in (x, w, b)]
-    return run_problem(problem, *wide).astype(dtype)
+    return run_problem(problem, *wide).astype(x.dtype)
 
 
 def check(case: Case, dtype: str, params: dict[str, int], seed: int = 0) -> EmuExecutor:
@@ -65,7 +68,8 @@ def check(case: Case, dtype: str, params: dict[str, int], seed: int = 0) -> EmuE
 
 
 GRID = [(c, d) for c, d in sample_product(CASES, ["float16", "float32"], limit=16, seed=11)] + \
-    [(c, d) for c in EXTRA for d in ("float16", "float32")]
+    [(c, "bfloat16") for (c,) in sample_product(CASES, limit=6, seed=12)] + \
+    [(c, d) for c in EXTRA for d in ("float16", "bfloat16", "float32")]
 
 
 @pytest.mark.parametrize("case,dtype", GRID, ids=[f"{c}-{d}" for c, d in GRID])
@@ -89,7 +93,8 @@ def _variants() -> list[dict[str, int]]:
 
 VARIANTS = _variants()
 VARIANT_CASES = [(v, c, d) for i, v in enumerate(VARIANTS)
-                 for c, d in sample_product(EXTRA[:4], ["float16", "float32"], limit=2, seed=i)]
+                 for c, d in sample_product(EXTRA[:4], ["float16", "float32"], limit=2, seed=i)] + \
+    [(v, EXTRA[i % 4], "bfloat16") for i, v in enumerate(VARIANTS[:3])]  # bfloat16: the smallest, largest, tallest
 
 
 @pytest.mark.parametrize("params,case,dtype", VARIANT_CASES,
@@ -126,6 +131,38 @@ def test_supports_and_heuristic() -> None:
     dw = make_problem("conv2d", (1, 8, 8, 8), (8, 1, 3, 3), "float16", False, groups=8)
     assert heuristic(dw).strategy == "direct"
     assert "tc_implicit_gemm" in STRATEGIES
+
+
+def test_bfloat16_runs_on_the_tensor_cores_only() -> None:
+    """bfloat16 at either precision, depthwise and 1x1 included, is the tensor-core kernel's; the SIMT kernels
+    (forward and gradients) refuse it and their requirement says why."""
+    from gpuconv.cuda import TABLES
+
+    shapes = (((2, 32, 14, 14), (64, 32, 3, 3), 1), ((1, 8, 8, 8), (8, 1, 3, 3), 8), ((2, 16, 8, 8), (32, 16, 1, 1), 1))
+    for x, w, groups in shapes:
+        for precision in ("highest", "tf32"):
+            p = make_problem("conv2d", x, w, "bfloat16", True, groups=groups, precision=precision)
+            plan = heuristic(p)
+            assert plan.strategy == "tc_implicit_gemm" and STRATEGY.valid(plan.params, p), (x, w, precision)
+            assert [n for n, s in STRATEGIES.items() if s.supports(p)] == ["tc_implicit_gemm"]
+    for direction in ("input", "weight"):
+        p = make_problem("conv2d", (2, 16, 8, 8), (32, 16, 3, 3), "bfloat16", False, direction=direction)
+        assert heuristic(p).strategy == "rewrite"  # the forward rewrite, on the tensor cores
+        for name, s in TABLES[direction].items():
+            assert s.supports(p) == (name == "rewrite"), name
+    assert "float16, float32 or float64" in STRATEGIES["implicit_gemm"].requires
+    assert "bfloat16" in STRATEGY.requires
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_each_dtype_compiles_to_its_own_mma(arch: str) -> None:
+    """NVRTC: the main kernel's only mma is the dtype's (bfloat16 is not run as float16 bits)."""
+    mmas = {"float16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+            "bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+            "float32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"}
+    for dtype, mma in mmas.items():
+        ptx = compile_ptx("tc_implicit_gemm", dict(STRATEGY.defaults), dtype, arch)
+        assert set(re.findall(r"mma\.sync\.aligned\.[\w.]+", ptx)) == {mma}, dtype
 
 
 def test_launches() -> None:

@@ -69,6 +69,25 @@ def test_mma_bf16_matches_numpy() -> None:
     c = rng.uniform(-1, 1, (16, 8)).astype(np.float32)
     d = _mma_16bit("mma_bf16_test", a, b, c)
     np.testing.assert_allclose(d, a.astype(np.float64) @ b + c, rtol=0, atol=17 * 2.0**-24 * 17)
+    # the operands are read as bfloat16, not float16: the same bits read as float16 give another product
+    as_f16 = _mma_16bit("mma_f16_test", _bf16_bits(a).view(np.float16), _bf16_bits(b).view(np.float16), c)
+    assert not np.allclose(as_f16, d, rtol=0, atol=0.1)
+
+
+def test_mma_bf16_matches_ml_dtypes_bfloat16() -> None:
+    """The operands as NumPy ``ml_dtypes.bfloat16`` arrays (what gpuconv passes): their bits are the register halves,
+    and the product is the float64 one of their values within float32 summation."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((16, 16)).astype(ml_dtypes.bfloat16)
+    b = rng.standard_normal((16, 8)).astype(ml_dtypes.bfloat16)
+    c = rng.standard_normal((16, 8)).astype(np.float32)
+    d = np.full((16, 8), np.nan, np.float32)
+    _run("mma_bf16_test", [a.view(np.uint16).view(np.uint32).copy(), b.view(np.uint16).view(np.uint32).copy(), c, d])
+    exact = a.astype(np.float64) @ b.astype(np.float64) + c
+    bound = 17 * 2.0**-24 * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)) + np.abs(c))
+    assert (np.abs(d - exact) <= bound).all()
 
 
 def _tf32(v: np.ndarray) -> np.ndarray:
@@ -104,18 +123,20 @@ def test_tf32_round_is_cvt_rna() -> None:
     assert np.isnan(out.view(np.float32)).all()
 
 
-@pytest.mark.parametrize("func", ["mma_f16_test", "mma_tf32_test"])
+@pytest.mark.parametrize("func", ["mma_f16_test", "mma_bf16_test", "mma_tf32_test"])
 def test_a_permuted_layout_fails(func: str) -> None:
     """Swapping two A registers while loading gives a wrong product: the emulation follows the layout."""
     rng = np.random.default_rng(5)
-    k = 16 if func == "mma_f16_test" else 8
+    k = 8 if func == "mma_tf32_test" else 16
     a = rng.uniform(-1, 1, (16, k)).astype(np.float32)
     b = rng.uniform(-1, 1, (k, 8)).astype(np.float32)
     c = np.zeros((16, 8), np.float32)
-    if func == "mma_f16_test":
-        a, b = a.astype(np.float16), b.astype(np.float16)
+    if func != "mma_tf32_test":
+        if func == "mma_f16_test":
+            a, b = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+        else:
+            a, b = _bf16_value(a), _bf16_value(b)
         good, bad = _mma_16bit(func, a, b, c, 1), _mma_16bit(func, a, b, c, 2)
-        a, b = _tf32(a.astype(np.float32)), _tf32(b.astype(np.float32))
     else:
         good, bad = (np.full((16, 8), np.nan, np.float32) for _ in range(2))
         _run(func, [a, b, c, good], 1)

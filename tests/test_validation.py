@@ -115,9 +115,9 @@ BAD: list[tuple[str, Callable[[], Any], type, str]] = [
      r"conv2d: bias must be a NumPy or CuPy array \(or a DLPack array\), got list"),
     # dtypes
     ("int", lambda: gpuconv.conv2d(X.astype(np.int32), W.astype(np.int32), groups=2), TypeError,
-     r"conv2d: x has dtype int32; supported dtypes are float16, float32, float64"),
+     r"conv2d: x has dtype int32; supported dtypes are float16, bfloat16, float32, float64"),
     ("complex", lambda: gpuconv.conv2d(X.astype(np.complex64), W.astype(np.complex64), groups=2), TypeError,
-     r"conv2d: x has dtype complex64; supported dtypes are float16, float32, float64"),
+     r"conv2d: x has dtype complex64; supported dtypes are float16, bfloat16, float32, float64"),
     ("bool", lambda: gpuconv.conv2d(X > 0, W > 0, groups=2), TypeError,
      r"conv2d: x has dtype bool; supported dtypes are"),
     ("int-w-only", lambda: gpuconv.conv2d(X, W.astype(np.int64), groups=2), TypeError,
@@ -176,8 +176,8 @@ def test_torch_specific_inputs() -> None:
     with pytest.raises(TypeError, match=r"conv2d: x and bias must be arrays of one library on one device, "
                                         r"got x: torch array on CPU and bias: numpy array on CPU"):
         gpuconv.conv2d(tx, tw, B, groups=2)
-    with pytest.raises(TypeError, match=r"conv2d: x has dtype bfloat16; supported dtypes are"):
-        gpuconv.conv2d(tx.bfloat16(), tw.bfloat16(), groups=2)
+    with pytest.raises(TypeError, match=r"conv2d: x has dtype float8_e4m3fn; supported dtypes are"):
+        gpuconv.conv2d(tx.to(torch.float8_e4m3fn), tw.to(torch.float8_e4m3fn), groups=2)  # (bfloat16 is supported)
     with pytest.raises(TypeError, match=r"conv2d: x has dtype int32; supported dtypes are"):
         gpuconv.conv2d(tx.int(), tw.int(), groups=2)
     with pytest.raises(TypeError, match=r"conv2d: x, w and bias must share one dtype .*x: float32, w: float64"):

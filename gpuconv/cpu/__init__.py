@@ -2,9 +2,9 @@
 
 ``x`` is ``(N, C, H, W)`` and ``w`` ``(K, C/groups, R, S)`` in the compute dtype (float32 for float16
 and bfloat16 inputs, which are accumulated in float32: ``gpuconv._dtypes.COMPUTE``); ``run`` returns
-``(N, K, P, Q)`` in that dtype, without bias, possibly as a non-contiguous view. Inputs may be non-contiguous views (transposed, sliced, negative
-strides). ``params`` are the strategy's tunables (:attr:`Strategy.space`). :func:`execute` does the dtype
-handling, bias, 1-d reshapes and the contiguous output once.
+``(N, K, P, Q)`` in that dtype, without bias, possibly as a non-contiguous view. Inputs may be non-contiguous
+views (transposed, sliced, negative strides). ``params`` are the strategy's tunables (:attr:`Strategy.space`).
+:func:`execute` does the dtype handling, bias, 1-d reshapes and the contiguous output once.
 
 Strategies:
     im2col: one copy of every receptive field, one batched GEMM (the fast general path).

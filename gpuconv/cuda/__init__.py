@@ -34,7 +34,7 @@ STRATEGIES: dict[str, Strategy[CudaRun]] = {
 
 # The heuristic: the first rule whose condition holds and whose strategy supports the problem wins.
 _RULES: list[tuple[str, Callable[[ConvProblem], bool]]] = [
-    # float16, and float32 at precision "tf32": tensor cores, except where a per-group GEMM would be mostly
+    # float16, bfloat16, and float32 at precision "tf32": tensor cores, except where a per-group GEMM would be mostly
     # channel padding (depthwise and thin groups, as for the direct rule below).
     ("tc_implicit_gemm", lambda p: not (p.is_depthwise or (p.groups > 1 and p.kg <= 8 and p.cg <= 8))),
     ("pointwise", lambda p: p.is_pointwise),
@@ -45,6 +45,7 @@ _RULES: list[tuple[str, Callable[[ConvProblem], bool]]] = [
     ("implicit_gemm", lambda p: p.kg <= 128),
     ("im2col", lambda p: True),
     ("implicit_gemm", lambda p: True),  # where im2col's workspace indices do not fit
+    ("tc_implicit_gemm", lambda p: True),  # bfloat16 runs on nothing else (depthwise and thin groups too)
 ]
 
 # Problem-specific parameters for the heuristic; strategies not listed use their defaults.

@@ -16,7 +16,7 @@ from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from . import gemm, im2col
 from .executor import MAX_GRID, Executor
-from .source import ACC_BYTES, INT32_MAX, ITEM_BYTES
+from .source import ACC_BYTES, INT32_MAX, ITEM_BYTES, SIMT_DTYPES
 
 KERNEL, FUNC = "col2im", "col2im"
 #: The fold is a memory-bound gather; its launch shape is fixed, not tuned.
@@ -85,6 +85,8 @@ def _grid_ok(params: Params, problem: ConvProblem | None) -> bool:
 
 
 def _supports(problem: ConvProblem) -> bool:
+    if problem.dtype not in SIMT_DTYPES:  # bfloat16 runs on the tensor cores only
+        return False
     pr = problem
     pq = pr.p * pr.q
     return (pr.groups <= MAX_GRID[1] and -(-pr.reduction // max(gemm.SPACE["BM"])) <= MAX_GRID[1]
@@ -96,8 +98,8 @@ STRATEGY = Strategy(
     name="col2im",
     run=run,
     supports=_supports,
-    requires=(f"at most {MAX_GRID[1]} groups, C/groups*R*S <= {MAX_GRID[1] * max(gemm.SPACE['BM'])}, and one "
-              "image's columns, dy and dx below 2**31 elements"),
+    requires=(f"float16, float32 or float64; at most {MAX_GRID[1]} groups, C/groups*R*S <= "
+              f"{MAX_GRID[1] * max(gemm.SPACE['BM'])}, and one image's columns, dy and dx below 2**31 elements"),
     space=SPACE,
     constraints=(*gemm.CONSTRAINTS, _grid_ok),
     defaults=gemm.DEFAULTS,

@@ -13,7 +13,7 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import MAX_GRID, Executor
-from .source import ACC_BYTES, INT32_MAX, fits_smem, sm_count, thread_tile_threads
+from .source import ACC_BYTES, INT32_MAX, SIMT_DTYPES, fits_smem, sm_count, thread_tile_threads
 
 KERNEL, FUNC = "dgrad", "dgrad_implicit_gemm"
 
@@ -79,6 +79,8 @@ def run(ex: Executor, problem: ConvProblem, params: Params, dy: Any, w: Any, bia
 
 
 def _supports(problem: ConvProblem) -> bool:
+    if problem.dtype not in SIMT_DTYPES:  # bfloat16 runs on the tensor cores only
+        return False
     # Column and reduction indices are int32; groups times phases run on gridDim.z, channel tiles on y.
     pr = problem
     cols = pr.n * phase_pixels(pr.h, pr.stride[0]) * phase_pixels(pr.w, pr.stride[1])
@@ -90,8 +92,8 @@ STRATEGY = Strategy(
     name="implicit_gemm",
     run=run,
     supports=_supports,
-    requires=(f"N*ceil(H/stride)*ceil(W/stride) and K/groups*R*S below 2**31, groups*stride_h*stride_w at most "
-              f"{MAX_GRID[2]}"),
+    requires=("float16, float32 or float64; N*ceil(H/stride)*ceil(W/stride) and K/groups*R*S below 2**31, "
+              f"groups*stride_h*stride_w at most {MAX_GRID[2]}"),
     space=SPACE,
     constraints=CONSTRAINTS,
     defaults=DEFAULTS,

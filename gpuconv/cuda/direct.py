@@ -12,7 +12,7 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import Executor
-from .source import ACC_BYTES, fits_smem
+from .source import ACC_BYTES, SIMT_DTYPES, fits_smem
 
 KERNEL, FUNC = "direct", "direct_conv"
 
@@ -129,6 +129,8 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
 
 
 def _supports(problem: ConvProblem) -> bool:
+    if problem.dtype not in SIMT_DTYPES:  # bfloat16 runs on the tensor cores only
+        return False
     # gridDim.y = groups * ceil(Kg / KPT) <= K; tile indices and N*P*Q in int32.
     return problem.k <= 65535 and problem.p * problem.q < 2**31
 
@@ -137,7 +139,7 @@ STRATEGY = Strategy(
     name="direct",
     run=run,
     supports=_supports,
-    requires="at most 65535 output channels and P*Q < 2**31",
+    requires="float16, float32 or float64; at most 65535 output channels and P*Q < 2**31",
     space=SPACE,
     constraints=(_threads_ok, _registers_ok, _fits_smem, _useful),
     defaults=DEFAULTS,

@@ -13,7 +13,7 @@ from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from . import gemm
 from .executor import MAX_GRID, Executor
-from .source import INT32_MAX, ITEM_BYTES
+from .source import INT32_MAX, ITEM_BYTES, SIMT_DTYPES
 
 KERNEL, FUNC = "im2col", "im2col"
 #: The im2col kernel is a plain memory-bound copy; its launch shape is fixed, not tuned.
@@ -69,6 +69,8 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
 
 
 def _supports(problem: ConvProblem) -> bool:
+    if problem.dtype not in SIMT_DTYPES:  # bfloat16 runs on the tensor cores only
+        return False
     # Rows of one group's columns run on gridDim.y in steps of IM2COL_ROWS; groups on gridDim.z.
     pq = problem.p * problem.q
     return (problem.groups <= MAX_GRID_YZ and -(-problem.reduction // IM2COL_PARAMS["IM2COL_ROWS"]) <= MAX_GRID_YZ
@@ -79,7 +81,8 @@ STRATEGY = Strategy(
     name="im2col",
     run=run,
     supports=_supports,
-    requires=(f"at most {MAX_GRID_YZ} groups, C/groups*R*S <= {MAX_GRID_YZ * IM2COL_PARAMS['IM2COL_ROWS']}, and one "
+    requires=(f"float16, float32 or float64; at most {MAX_GRID_YZ} groups, C/groups*R*S <= "
+              f"{MAX_GRID_YZ * IM2COL_PARAMS['IM2COL_ROWS']}, and one "
               "image's columns and output below 2**31 elements"),
     space=gemm.SPACE,
     constraints=gemm.CONSTRAINTS,

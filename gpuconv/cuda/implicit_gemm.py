@@ -15,7 +15,7 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import MAX_GRID, Executor
-from .source import ACC_BYTES, INT32_MAX, ITEM_BYTES, fits_smem, sm_count, thread_tile_threads
+from .source import ACC_BYTES, INT32_MAX, ITEM_BYTES, SIMT_DTYPES, fits_smem, sm_count, thread_tile_threads
 
 KERNEL, FUNC, REDUCE = "implicit_gemm", "implicit_gemm_conv", "implicit_gemm_reduce"
 REDUCE_THREADS = 256  # IG_REDUCE_THREADS in implicit_gemm.cu; the reduction is memory-bound, not tuned
@@ -125,6 +125,8 @@ def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias
 
 
 def _supports(problem: ConvProblem) -> bool:
+    if problem.dtype not in SIMT_DTYPES:  # bfloat16 runs on the tensor cores only
+        return False
     # Offsets within one image of x and of y are int32 (launches are chunked by image), so are the column and
     # reduction indices; groups (times the split) run on gridDim.z, channel tiles on y.
     pr = problem
@@ -136,7 +138,7 @@ STRATEGY = Strategy(
     name="implicit_gemm",
     run=run,
     supports=_supports,
-    requires=f"C*H*W, K*P*Q and C/groups*R*S below 2**31 and at most {MAX_GRID[2]} groups",
+    requires=f"float16, float32 or float64; C*H*W, K*P*Q and C/groups*R*S below 2**31 and at most {MAX_GRID[2]} groups",
     space=SPACE,
     constraints=CONSTRAINTS,
     defaults=DEFAULTS,

@@ -12,7 +12,7 @@ from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from . import gemm
 from .executor import Executor
-from .source import INT32_MAX
+from .source import INT32_MAX, SIMT_DTYPES
 
 
 def images_per_chunk(problem: ConvProblem) -> int:
@@ -40,6 +40,8 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
 
 
 def _supports(problem: ConvProblem) -> bool:
+    if problem.dtype not in SIMT_DTYPES:  # bfloat16 runs on the tensor cores only
+        return False
     return (problem.is_pointwise and problem.groups <= 65535
             and max(problem.c, problem.k) * problem.h * problem.w <= INT32_MAX)
 
@@ -48,7 +50,8 @@ STRATEGY = Strategy(
     name="pointwise",
     run=run,
     supports=_supports,
-    requires="a 1x1 kernel, stride 1, no padding, at most 65535 groups, and C*H*W, K*H*W below 2**31",
+    requires=("float16, float32 or float64; a 1x1 kernel, stride 1, no padding, at most 65535 groups, and C*H*W, "
+              "K*H*W below 2**31"),
     space=gemm.SPACE,
     constraints=gemm.CONSTRAINTS,
     defaults=gemm.DEFAULTS,

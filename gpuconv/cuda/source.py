@@ -17,18 +17,23 @@ from ..problem import DTYPES, ConvProblem
 
 KERNEL_DIR = data_dir("_kernels", "kernels")
 
-#: C element type and accumulator type per dtype; float16 accumulates in float32.
+#: C element type and accumulator type per dtype; float16 and bfloat16 accumulate in float32.
 CTYPES: dict[str, tuple[str, str]] = {
     "float16": ("__half", "float"),
+    "bfloat16": ("__nv_bfloat16", "float"),
     "float32": ("float", "float"),
     "float64": ("double", "double"),
 }
 
 #: Bytes of the accumulator type: the kernels stage their shared-memory tiles in ACC_T.
-ACC_BYTES: dict[str, int] = {"float16": 4, "float32": 4, "float64": 8}
+ACC_BYTES: dict[str, int] = {"float16": 4, "bfloat16": 4, "float32": 4, "float64": 8}
 
 #: Bytes of one element of each dtype.
-ITEM_BYTES: dict[str, int] = {"float16": 2, "float32": 4, "float64": 8}
+ITEM_BYTES: dict[str, int] = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+#: The dtypes the SIMT kernels (every CUDA strategy but ``tc_implicit_gemm``) are built for; bfloat16 runs on the
+#: tensor cores only.
+SIMT_DTYPES: tuple[str, ...] = ("float16", "float32", "float64")
 
 #: Static shared memory a block may declare.
 SMEM_LIMIT = 48 * 1024
@@ -126,7 +131,7 @@ def render(kernel: str, params: Mapping[str, int], dtype: str) -> str:
     Args:
         kernel: file stem in ``kernels/``, e.g. ``"gemm"``.
         params: tunable name -> value, emitted as ``#define NAME value`` ahead of the file's defaults.
-        dtype: ``"float16"``, ``"float32"`` or ``"float64"``; defines ``T`` and ``ACC_T``.
+        dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``; defines ``T`` and ``ACC_T``.
 
     Returns:
         Self-contained CUDA C++ text; compiler messages point at ``kernels/<kernel>.cu`` lines.

@@ -2,9 +2,10 @@
 
 Per group, ``Y (Kg x N*P*Q) = W (Kg x R*S*Cp) @ cols`` with ``cols`` gathered from a channel-last copy of x
 whose channels per group are zero-padded to ``Cp`` (a multiple of one 16-byte vector), so every load is an
-aligned 16-byte ``cp.async`` whatever C, the strides, the padding or the dilation. float16 runs on
-``mma.m16n8k16`` (products exact in float32, float32 sums); float32 runs on ``mma.m16n8k8`` with the operands
-rounded to TF32 while packing, so it serves only problems whose ``precision`` is ``"tf32"``.
+aligned 16-byte ``cp.async`` whatever C, the strides, the padding or the dilation. float16 and bfloat16 run on
+``mma.m16n8k16`` (``.f16`` / ``.bf16``: products exact in float32, float32 sums); float32 runs on
+``mma.m16n8k8`` with the operands rounded to TF32 while packing, so it serves only problems whose ``precision``
+is ``"tf32"``. bfloat16 runs on no other CUDA strategy, so every bfloat16 problem on CUDA comes here.
 
 Workspace: the packed input (``groups * N * H * W * Cp`` elements) and weight (``K * R * S * Cp``).
 """
@@ -33,8 +34,11 @@ SPACE: dict[str, list[int]] = {
 }
 DEFAULTS: dict[str, int] = {"BM": 64, "BN": 64, "BK": 32, "WM": 2, "WN": 2, "STAGES": 2}  # valid for both dtypes
 
-#: The dtypes the kernel computes: float16 on m16n8k16, float32 on m16n8k8 (TF32).
-DTYPES = ("float16", "float32")
+#: The dtypes the kernel computes: float16 and bfloat16 on m16n8k16, float32 on m16n8k8 (TF32); the 16-bit ones
+#: at any precision, float32 only at ``precision="tf32"`` (:data:`PRECISIONS`).
+DTYPES = ("float16", "bfloat16", "float32")
+PRECISIONS: dict[str, tuple[str, ...]] = {"float16": ("highest", "tf32"), "bfloat16": ("highest", "tf32"),
+                                          "float32": ("tf32",)}
 
 
 def threads(params: Params) -> int:
@@ -102,7 +106,7 @@ def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias
 
 
 def _supports(problem: ConvProblem) -> bool:
-    if not (problem.dtype == "float16" or (problem.dtype == "float32" and problem.precision == "tf32")):
+    if problem.precision not in PRECISIONS.get(problem.dtype, ()):
         return False
     cp = padded_channels(problem)
     # Column, reduction and packed-input pixel indices are int32; groups run on gridDim.z.
@@ -115,8 +119,8 @@ STRATEGY = Strategy(
     name="tc_implicit_gemm",
     run=run,
     supports=_supports,
-    requires=("float16, or float32 with precision='tf32'; N*P*Q, R*S*C/groups and N*H*W below 2**31 and at most "
-              "65535 groups"),
+    requires=("float16 or bfloat16, or float32 with precision='tf32'; N*P*Q, R*S*C/groups and N*H*W below 2**31 "
+              "and at most 65535 groups"),
     space=SPACE,
     constraints=(_warp_tiles_ok, _threads_ok, _registers_ok, _fits_smem),
     defaults=DEFAULTS,

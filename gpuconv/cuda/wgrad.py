@@ -13,7 +13,7 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import MAX_GRID, Executor
-from .source import ACC_BYTES, INT32_MAX, fits_smem, sm_count, thread_tile_threads
+from .source import ACC_BYTES, INT32_MAX, SIMT_DTYPES, fits_smem, sm_count, thread_tile_threads
 
 KERNEL, FUNC, REDUCE = "wgrad", "wgrad_split_k", "wgrad_reduce"
 REDUCE_THREADS = 256  # WG_REDUCE_THREADS in wgrad.cu; the reduction is memory-bound, not tuned
@@ -86,6 +86,8 @@ def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, dy: Any, bia
 
 
 def _supports(problem: ConvProblem) -> bool:
+    if problem.dtype not in SIMT_DTYPES:  # bfloat16 runs on the tensor cores only
+        return False
     # Pixel and column indices are int32 (a split's range end may pass N*P*Q by up to SPLIT_K slices), as are
     # dw's (the partial sums' split offsets are 64-bit); channel tiles on gridDim.y, groups (times the split) on z.
     pr = problem
@@ -97,7 +99,7 @@ STRATEGY = Strategy(
     name="implicit_gemm",
     run=run,
     supports=_supports,
-    requires=f"N*P*Q and K*C/groups*R*S below 2**31 and at most {MAX_GRID[2]} groups",
+    requires=f"float16, float32 or float64; N*P*Q and K*C/groups*R*S below 2**31 and at most {MAX_GRID[2]} groups",
     space=SPACE,
     constraints=CONSTRAINTS,
     defaults=DEFAULTS,

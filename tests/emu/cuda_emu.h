@@ -160,6 +160,27 @@ struct __align__(4) __half2 {
     __half x, y;
 };
 
+// ---- bfloat16: the upper half of an IEEE binary32, with CUDA's conversion functions -----------------------
+struct __align__(2) __nv_bfloat16 {
+    unsigned short __x;
+};
+
+inline float __bfloat162float(__nv_bfloat16 h) {  // exact
+    const unsigned u = static_cast<unsigned>(h.__x) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline __nv_bfloat16 __float2bfloat16(float v) {  // round to nearest even, as cvt.rn.bf16.f32; NaN stays NaN
+    unsigned u;
+    std::memcpy(&u, &v, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{static_cast<unsigned short>((u >> 16) | 0x40u)};
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __nv_bfloat16{static_cast<unsigned short>(u >> 16)};
+}
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short v) { return __nv_bfloat16{v}; }
+
 // ---- vector types: CUDA's sizes and alignments ----------------------------------------------------------
 #define EMU_VEC2(T, name) \
     struct __align__(2 * sizeof(T)) name { T x, y; }; \
@@ -218,6 +239,7 @@ constexpr const char* param_code() {
         if constexpr (std::is_same_v<P, float>) return "p:float32";
         else if constexpr (std::is_same_v<P, double>) return "p:float64";
         else if constexpr (std::is_same_v<P, __half>) return "p:float16";
+        else if constexpr (std::is_same_v<P, __nv_bfloat16>) return "p:bfloat16";
         else if constexpr (std::is_same_v<P, int>) return "p:int32";
         else if constexpr (std::is_same_v<P, unsigned>) return "p:uint32";
         else return "p:other";
