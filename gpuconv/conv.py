@@ -42,11 +42,13 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: IntOrPair = 1, padding: Pad
             the backend (``gpuconv.cpu.STRATEGIES`` / ``gpuconv.cuda.STRATEGIES``); keyword only.
         precision: ``"highest"`` (float32 products as exact FMAs) or ``"tf32"`` (CUDA float32 may use tensor
             cores on operands rounded to TF32, summed in float32; the CPU computes at full precision either
-            way); keyword only. float16 on CUDA may use tensor cores at either (products exact in float32).
+            way); keyword only. float16 on CUDA may use tensor cores at either (products exact in float32);
+            bfloat16 on CUDA always does (the tensor-core strategy is the only one built for it).
 
     Returns:
-        ``(N, K, P, Q)`` (``(K, P, Q)`` for an unbatched input) of the input's dtype and kind (float16 is
-        accumulated in float32). Tensors that require grad are read as constants: the result carries no graph.
+        ``(N, K, P, Q)`` (``(K, P, Q)`` for an unbatched input) of the input's dtype and kind (float16 and
+        bfloat16, ``ml_dtypes.bfloat16`` in NumPy, are accumulated in float32). Tensors that require grad are
+        read as constants: the result carries no graph.
 
     Raises:
         TypeError: a non-array, an unsupported or mixed dtype, arrays from different libraries or devices.

@@ -18,8 +18,8 @@ mapped weight, and always for the weight gradient, which sums over ``N``) they a
 extra groups: ``B`` convolutions of ``groups`` groups become one of ``B * groups``. Either way a vmapped call
 is a single gpuconv call.
 
-The dtype is the operands' (float16, float32, or float64 where ``jax_enable_x64`` is on). Importing this module
-imports jax; ``import gpuconv`` does not.
+The dtype is the operands' (float16, bfloat16, float32, or float64 where ``jax_enable_x64`` is on). Importing this
+module imports jax; ``import gpuconv`` does not.
 
 Example:
     >>> import jax, jax.numpy as jnp, gpuconv.jax

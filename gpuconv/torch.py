@@ -95,7 +95,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """``torch.nn.functional.conv2d`` computed by gpuconv, differentiable with autograd.
 
     Args:
-        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``, a CPU or CUDA tensor (float16, float32 or float64).
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``, a CPU or CUDA tensor (float16, bfloat16, float32 or
+            float64).
         weight: ``(K, C/groups, R, S)``, same device and dtype.
         bias: optional ``(K,)``.
         stride, padding, dilation, groups: as in :func:`gpuconv.conv2d` (``'same'``/``'valid'`` included).
