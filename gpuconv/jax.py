@@ -146,13 +146,21 @@ def _host_function(direction: str, o: _Options, out_core: tuple[int, ...], buffe
         if device_type == _DL_CPU:
             np.copyto(np.asarray(out), _run(direction, o, out_core, np.asarray(a), np.asarray(b), np))
             return
-        import cupy  # a GPU buffer: XLA's memory, viewed through __cuda_array_interface__
+        import cupy  # a GPU buffer: XLA's memory, viewed through __cuda_array_interface__ (DLPack for bfloat16)
 
         with cupy.cuda.Device(device_id), cupy.cuda.ExternalStream(ctx.stream):
-            r = _run(direction, o, out_core, cupy.asarray(a), cupy.asarray(b), cupy)
-            cupy.asarray(out)[...] = r
+            r = _run(direction, o, out_core, _cupy_view(cupy, a), _cupy_view(cupy, b), cupy)
+            _cupy_view(cupy, out)[...] = r
 
     return in_place
+
+
+def _cupy_view(cupy: Any, buffer: Any) -> Any:
+    """An XLA GPU buffer as a CuPy array of the same memory. XLA gives bfloat16 buffers no
+    ``__cuda_array_interface__``; CuPy 14 imports them through DLPack."""
+    if str(getattr(buffer, "dtype", "")) == "bfloat16":
+        return cupy.from_dlpack(buffer)
+    return cupy.asarray(buffer)
 
 
 def _call(direction: str, o: _Options, out_core: tuple[int, ...], a: jax.Array, b: jax.Array) -> jax.Array:
