@@ -1,4 +1,5 @@
-"""The Winograd F(2x2, 3x3) and F(4x4, 3x3) CPU strategies on the shapes where their tiling can go wrong.
+"""The Winograd F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5) CPU strategies on the shapes where their tiling can go
+wrong.
 
 ``tests/test_cpu.py`` already runs every variant over the shared CASES it supports; these add odd output
 sizes (the cropped last tile row/column), every padding, asymmetric padding, groups, batches, strided
@@ -63,7 +64,9 @@ def test_supports_exactly_3x3_stride1_undilated_with_channels() -> None:
     assert winograd.supports(p((1, 4, 8, 8), (4, 2, 3, 3), groups=2))
     assert not winograd.supports(p((1, 4, 8, 8), (4, 4, 3, 3), stride=2))
     assert not winograd.supports(p((1, 4, 8, 8), (4, 4, 3, 3), dilation=2))
-    assert not winograd.supports(p((1, 4, 8, 8), (4, 4, 5, 5)))
+    assert winograd.supports(p((1, 4, 8, 8), (4, 4, 5, 5))) and not winograd.supports_3x3(p((1, 4, 8, 8), (4, 4, 5, 5)))
+    assert not winograd.supports(p((1, 3, 8, 8), (4, 3, 5, 5)))                # too few channels for F(2x2, 5x5)
+    assert not winograd.supports(p((1, 4, 8, 8), (4, 4, 7, 7)))
     assert not winograd.supports(p((1, 4, 8, 8), (4, 4, 3, 2)))
     assert not winograd.supports(p((1, 4, 8, 8), (4, 1, 3, 3), groups=4))     # depthwise
     assert not winograd.supports(p((1, 1, 8, 8), (4, 1, 3, 3)))               # one input channel
@@ -202,15 +205,62 @@ def _no_fallback(*args: object) -> None:
     raise AssertionError("finite inputs fell back to im2col")
 
 
-@pytest.mark.parametrize("m", [2, 4])
-def test_transforms_compute_a_correlation(m: int) -> None:
-    """``At [(G g) * (Bt d)]`` is the 1-d correlation of ``d`` (m + 2 values) with ``g`` (3 taps), exactly in
+@pytest.mark.parametrize("m,r", sorted(winograd_gemm.TRANSFORMS))
+def test_transforms_compute_a_correlation(m: int, r: int) -> None:
+    """``At [(G g) * (Bt d)]`` is the 1-d correlation of ``d`` (m + r - 1 values) with ``g`` (r taps), exactly in
     float64 up to rounding: a wrong matrix entry fails by O(1)."""
-    t = winograd_gemm.TRANSFORMS[m]
+    t = winograd_gemm.TRANSFORMS[m, r]
     rng = np.random.default_rng(m)
-    d, g = rng.uniform(-1, 1, m + 2), rng.uniform(-1, 1, 3)
-    expected = np.array([d[i:i + 3] @ g for i in range(m)])
+    d, g = rng.uniform(-1, 1, m + r - 1), rng.uniform(-1, 1, r)
+    expected = np.array([d[i:i + r] @ g for i in range(m)])
     np.testing.assert_allclose(t.at @ ((t.g @ g) * (t.bt @ d)), expected, rtol=0, atol=1e-13)
+
+
+def test_toom_cook_reproduces_the_published_f4x4() -> None:
+    """The points 0, 1, -1, 1/2, -2 give the F(4x4, 3x3) matrices of Barabasz et al. entry for entry."""
+    t = winograd_gemm.toom_cook((0, 1, -1, 0.5, -2), 4, 3)
+    np.testing.assert_array_equal(t.bt[0], [1, -1.5, -2, 1.5, 1, 0])
+    np.testing.assert_array_equal(t.at[3], [0, 1, -1, 0.125, -8, 1])
+    np.testing.assert_allclose(t.g[3], [-16 / 15, -8 / 15, -4 / 15], rtol=1e-15)
+    with pytest.raises(ValueError, match="needs 5 distinct finite points"):
+        winograd_gemm.toom_cook((0, 1, -1, 1, -2), 4, 3)
+
+
+# ---- F(2x2, 5x5) -------------------------------------------------------------------------------------------
+
+CASES25 = [
+    Case((1, 4, 9, 7), (5, 4, 5, 5), padding=2),                    # odd P and Q: last tile row/column cropped
+    Case((1, 4, 8, 8), (3, 4, 5, 5)),                               # padding 0, P = Q = 4
+    Case((1, 6, 5, 6), (2, 6, 5, 5), padding=(0, 1)),               # one output row, asymmetric padding
+    Case((2, 8, 11, 10), (8, 4, 5, 5), groups=2, padding="same"),   # groups, same, batch
+    Case((2, 32, 14, 14), (16, 32, 5, 5), padding=2, bias=False),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("chunk", [4, 64])
+@pytest.mark.parametrize("case", CASES25, ids=_ids)
+def test_f2x2_5x5_matches_reference(case: Case, chunk: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = case.problem(dtype)
+    plan = Plan("winograd", {"tile": 2, "chunk": chunk}, "forced")
+    assert cpu.STRATEGIES["winograd"].valid(plan.params, problem)
+    assert not cpu.STRATEGIES["winograd"].valid({"tile": 4, "chunk": chunk}, problem)
+    monkeypatch.setattr(winograd._im2col, "im2col", _no_fallback)
+    x, w, b = random_inputs(case, dtype)
+    out = cpu.execute(problem, plan, x, w, b)
+    assert out.flags.c_contiguous
+    assert_matches(out, getattr(reference, case.fn)(x, w, b, **case.kwargs), problem)
+
+
+@pytest.mark.skipif(torch is None, reason="needs PyTorch")
+def test_f2x2_5x5_falls_back_on_non_finite_inputs() -> None:
+    case = Case((1, 4, 9, 9), (3, 4, 5, 5), padding=2, bias=False)
+    x, w, _ = random_inputs(case, "float32")
+    x[0, 1, 4, 4] = np.inf
+    out = gpuconv.conv2d(x, w, padding=2, strategy="winograd")
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=2).numpy()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
 
 
 def test_f4x4_needs_enough_channels() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .._dtypes import compute_dtype, numpy_dtype
 from ..problem import ConvProblem
-from ..strategy import CpuRun, Params, Plan, Strategy
+from ..strategy import CpuRun, Plan, Strategy
 from . import _views
 from . import blocked as _blocked
 from . import depthwise as _depthwise
@@ -46,7 +46,6 @@ from . import im2col as _im2col
 from . import pointwise as _pointwise
 from . import winograd as _winograd
 from ._machine import fingerprint as fingerprint
-
 
 # The wide layout at every stride (phased above 1, see gpuconv.cpu._views); the heuristic takes it where it pays.
 _WIDE = dict(space={"wide": (0, 1)}, defaults={"wide": 0})
@@ -96,7 +95,7 @@ WEIGHT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
     for s in (
         Strategy("im2col", _grad_weight.im2col, space={"per_image": (0, 1)}, defaults={"per_image": 0}),
         Strategy("direct", _grad_weight.direct),
-        Strategy("winograd", _weight_winograd, _winograd.supports, _winograd.REQUIRES,
+        Strategy("winograd", _weight_winograd, _winograd.supports_3x3, _winograd.REQUIRES_3X3,
                  space=_grad_weight_winograd.SPACE, defaults=_grad_weight_winograd.DEFAULTS),
     )
 }
@@ -201,8 +200,9 @@ def _winograd_pays(problem: ConvProblem) -> bool:
 
     The thresholds are data (``gpuconv/cpu/winograd_rules.json``), fitted to a grid of 3x3 layers timed on a
     quiet 2-core Intel Xeon (AVX-512; load 0.4-1.2) by ``python -m benchmarks.winograd_grid``;
-    :func:`gpuconv.cpu.winograd.preferred_tile` applies them. Few tiles lose: each of the 36 (16) products then reads a transformed filter as large as
-    4x (1.8x) the weights for a handful of rows (ResNet-50 res5, 512 channels at 7x7 and batch 1).
+    :func:`gpuconv.cpu.winograd.preferred_tile` applies them. Few tiles lose: each of the 36 (16) products then
+    reads a transformed filter as large as 4x (1.8x) the weights for a handful of rows (ResNet-50 res5, 512
+    channels at 7x7 and batch 1).
     """
     return _winograd.preferred_tile(problem) is not None
 

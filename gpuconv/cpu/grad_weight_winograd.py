@@ -7,9 +7,9 @@ chunk of ``T`` tiles (``a = m + 2``; ``a x a`` input tiles at step ``m``, each m
 ``dy``):
 
 1. **input transform** ``V = Bt d B`` of the overlapping input tiles, exactly as the forward F(m x m) does it
-   (one strided gather into ``(a, a, T, C)``, then two GEMMs with ``Bt``);
+   (one strided gather into ``(a, a, T, C)``, then one GEMM with ``kron(Bt, Bt)``);
 2. **gradient transform** ``E = A dy At`` of the ``m x m`` blocks of ``dy`` (zero beyond ``P`` and ``Q``),
-   gathered channels-last into ``(m, m, T, K)`` and transformed by two GEMMs with ``A`` (``a x m``);
+   gathered channels-last into ``(m, m, T, K)`` and transformed by one GEMM with ``kron(A, A)`` (``a*a x m*m``);
 3. **the products**: per position and group ``M[pos] += E[pos]^T (K/G x T) @ V[pos] (T x C/G)`` -- ``a*a*G``
    GEMMs whose reduction runs over the chunk's tiles, accumulated over the chunks;
 4. **output transform**, once: ``dw = Gt M G``, one GEMM ``kron(G, G)^T (9 x a*a) @ M``.
@@ -61,7 +61,7 @@ SMALL_CHUNK_MIN_TILES = 100
 
 def pays(problem: ConvProblem) -> bool:
     """Whether the heuristic takes F(4x4) for this weight gradient (see :data:`MIN_TILES`)."""
-    return _winograd.supports(problem) and problem.n * math.prod(_wg.tiles(problem, 4)) >= MIN_TILES
+    return _winograd.supports_3x3(problem) and problem.n * math.prod(_wg.tiles(problem, 4)) >= MIN_TILES
 
 
 def heuristic_params(problem: ConvProblem) -> dict[str, int]:
@@ -85,8 +85,9 @@ def winograd(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, tile: int, chu
     m, a = tile, tile + 2
     n, c, k, g, cg, kg = problem.n, problem.c, problem.k, problem.groups, problem.cg, problem.kg
     th, tw = _wg.tiles(problem, m)
-    bt, kron, at = _wg.matrices(m, x.dtype)
-    a_mat = np.ascontiguousarray(at.T)                                          # A (a x m)
+    kron = _wg.matrices(m, x.dtype)[1]
+    kbt, kat = _wg.kron_transforms(m, x.dtype)
+    ka = np.ascontiguousarray(kat.T)                                            # kron(A, A): (a*a x m*m)
     xp = _wg.padded_channels_last(problem, x, m * th + 2, m * tw + 2)
     dyp = _padded_gradient(problem, dy, m * th, m * tw)
     syn, syh, syw, syk = dyp.strides
@@ -97,9 +98,9 @@ def winograd(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, tile: int, chu
         t = nb * tb * tw
         buf1 = _scratch.empty("wgw_1", (a * a * t * c,), x.dtype)
         buf2 = _scratch.empty("wgw_2", (a * a * t * max(c, k),), x.dtype)
-        v = _wg.input_transform(xp[n0:n1, m * t0:], m, tb, tw, bt, buf1, buf2)    # the forward's V
+        v = _wg.input_transform(xp[n0:n1, m * t0:], m, tb, tw, kbt, buf1, buf2)   # the forward's V
         e = _transform_gradient(dyp[n0:n1, m * t0:m * t1], (syh, syw, syn, m * syh, m * syw, syk),
-                                (m, m, nb, tb, tw, k), a_mat, buf2)
+                                (m, m, nb, tb, tw, k), ka, buf2)
         np.matmul(e.reshape(a * a, t, g, kg).transpose(0, 2, 3, 1), v.reshape(a * a, t, g, cg).transpose(0, 2, 1, 3),
                   out=part)
         acc += part
@@ -119,16 +120,15 @@ def _padded_gradient(problem: ConvProblem, dy: np.ndarray, hp: int, wp: int) -> 
     return out
 
 
-def _transform_gradient(dyp: np.ndarray, strides: tuple[int, ...], shape: tuple[int, ...], a_mat: np.ndarray,
+def _transform_gradient(dyp: np.ndarray, strides: tuple[int, ...], shape: tuple[int, ...], ka: np.ndarray,
                         buf: np.ndarray) -> np.ndarray:
-    """``E = A dy At`` of the chunk's ``m x m`` blocks of ``dy``: ``(a, a, T*K)`` in a scratch buffer."""
+    """``E = A dy At`` of the chunk's ``m x m`` blocks of ``dy`` by one GEMM with ``ka = kron(A, A)``:
+    ``(a, a, T*K)`` in a scratch buffer."""
     m, k = shape[0], shape[-1]
-    a = a_mat.shape[0]
+    a = m + 2
     t = shape[2] * shape[3] * shape[4]
     blocks = _scratch.empty("wgw_blocks", shape, dyp.dtype)
     np.copyto(blocks, as_strided(dyp, shape, strides))
-    rows = _scratch.empty("wgw_rows", (a, m * t * k), dyp.dtype)
-    np.matmul(a_mat, blocks.reshape(m, -1), out=rows)                           # A dy, along block rows
-    e = buf[:a * a * t * k].reshape(a, a, t * k)
-    np.matmul(a_mat, rows.reshape(a, m, t * k), out=e)                          # (A dy) At, along columns
-    return e
+    e = buf[:a * a * t * k].reshape(a * a, t * k)
+    np.matmul(ka, blocks.reshape(m * m, t * k), out=e)                          # A dy At
+    return e.reshape(a, a, t * k)

@@ -1,7 +1,8 @@
-"""Winograd F(2x2, 3x3) and F(4x4, 3x3): 3x3 stride-1 convolutions with 2.25x and 4x fewer multiplies.
+"""Winograd F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5): stride-1 convolutions with 2.25x, 4x and 2.8x fewer multiplies.
 
-The tunable ``tile`` picks the output tile: ``2`` runs F(2x2) below, ``4`` runs F(4x4) with every stage a
-BLAS call (:mod:`gpuconv.cpu.winograd_gemm`), in chunks of at most ``chunk`` MiB of scratch. F(4x4)'s
+The tunable ``tile`` picks the output tile: ``2`` runs F(2x2, 3x3) below, ``4`` runs F(4x4, 3x3) with every stage
+a BLAS call (:mod:`gpuconv.cpu.winograd_gemm`), in chunks of at most ``chunk`` MiB of scratch; a 5x5 kernel
+takes tile 2 only, on the BLAS path (36 multiplications per 2x2 outputs instead of 100). F(4x4)'s
 float32 error is several times F(2x2)'s and its ratio to the tolerance (linear in the reduction length) is
 largest with few channels: it is only offered with at least :data:`F4_MIN_CHANNELS` input channels per group
 (:func:`f4_accurate`), where the measured error stays under half the tolerance.
@@ -68,18 +69,41 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 _KRON = {np.dtype(t): np.kron(_G, _G).astype(t) for t in (np.float32, np.float64)}  # (16, 9)
 
 
-#: What :func:`supports` asks of a problem, in words (for the messages of forced strategies).
-REQUIRES = "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group"
+#: What :func:`supports` and :func:`supports_3x3` ask of a problem, in words (for the messages of forced strategies).
+REQUIRES = ("a 3x3 kernel with at least 2 input channels per group or a 5x5 kernel with at least 4, stride 1 "
+            "and dilation 1")
+REQUIRES_3X3 = "a 3x3 kernel, stride 1, dilation 1 and at least 2 input channels per group"
+
+#: The square kernels the forward pass has transforms for, and the output tiles offered for each.
+TILES = {3: (2, 4), 5: (2,)}
+
+# F(2x2, 5x5)'s largest float32 error against the float64 result of the same inputs (uniform in [-1, 1), 16
+# filters, images 14x14 and 30x30 at batch 1 and 28x28 at batch 4) as a fraction of the tolerance: 0.51 at 2
+# input channels, 0.40 at 4, 0.29 at 8, 0.19 at 16, 0.12-0.14 from 32 to 256 (im2col: 0.02-0.12). From 4 on it
+# stays within the bound F(4x4, 3x3) is held to.
+F25_MIN_CHANNELS = 4
 
 
 def supports(problem: ConvProblem) -> bool:
-    """A 3x3 kernel, stride 1, dilation 1 and at least two input channels per group.
+    """A 3x3 kernel with at least two input channels per group or a 5x5 one with :data:`F25_MIN_CHANNELS`,
+    stride 1 and dilation 1.
 
     One input channel per group (depthwise) would make every GEMM an outer product of width one: the
     ``depthwise`` strategy's multiply-adds are the better path there, so Winograd does not claim it.
     """
-    return ((problem.r, problem.s, problem.stride, problem.dilation) == (3, 3, (1, 1), (1, 1))
-            and problem.cg > 1)
+    if problem.r != problem.s or problem.r not in TILES or (problem.stride, problem.dilation) != ((1, 1), (1, 1)):
+        return False
+    return problem.cg >= (F25_MIN_CHANNELS if problem.r == 5 else 2)
+
+
+def supports_3x3(problem: ConvProblem) -> bool:
+    """:func:`supports` for 3x3 kernels only (the weight gradient's transforms)."""
+    return supports(problem) and problem.r == 3
+
+
+def tile_offered(params: Params, problem: ConvProblem | None) -> bool:
+    """Only the tiles of :data:`TILES` for the problem's kernel (5x5: F(2x2) only)."""
+    return problem is None or problem.r not in TILES or params["tile"] in TILES[problem.r]
 
 
 def f4_accurate(params: Params, problem: ConvProblem | None) -> bool:
@@ -88,12 +112,18 @@ def f4_accurate(params: Params, problem: ConvProblem | None) -> bool:
 
 
 def chunk_matters(params: Params, problem: ConvProblem | None) -> bool:
-    """One chunk size for F(2x2), which is not chunked. (F(4x4) keeps every size even where a smaller one
-    already holds all tiles: the duplicates are cheap, and each variant stays testable on small problems.)"""
-    return params["tile"] == 4 or params["chunk"] == SPACE["chunk"][0]
+    """One chunk size for F(2x2, 3x3), which is not chunked. (The chunked ones keep every size even where a
+    smaller one already holds all tiles: the duplicates are cheap, and each variant stays testable on small
+    problems.)"""
+    return _chunked(params["tile"], problem) or params["chunk"] == SPACE["chunk"][0]
 
 
-CONSTRAINTS = (f4_accurate, chunk_matters)
+def _chunked(tile: int, problem: ConvProblem | None) -> bool:
+    """Whether the tile runs on :mod:`gpuconv.cpu.winograd_gemm` (in chunks), not on the F(2x2, 3x3) adds below."""
+    return tile == 4 or (problem is not None and problem.r == 5)
+
+
+CONSTRAINTS = (tile_offered, f4_accurate, chunk_matters)
 
 
 def _load_rules() -> dict[str, Any]:
@@ -108,8 +138,9 @@ RULES = _load_rules()
 
 
 def preferred_tile(problem: ConvProblem) -> int | None:
-    """The tile :data:`RULES` pick for ``problem`` (4 first, then 2), or None where im2col/direct is faster."""
-    if not supports(problem):
+    """The tile :data:`RULES` pick for ``problem`` (4 first, then 2), or None where im2col/direct is faster
+    (and for 5x5 kernels, which the fitted grid did not cover: the tuner may still pick F(2x2, 5x5))."""
+    if not supports_3x3(problem):
         return None
     for tile, rule in ((4, RULES["f4"]), (2, RULES["f2"])):
         count = problem.n * math.prod(_gemm.tiles(problem, tile))
@@ -127,30 +158,33 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
 
 
 def winograd(problem: ConvProblem, x: np.ndarray, w: np.ndarray, tile: int = 2, chunk: int = 4) -> np.ndarray:
-    """Convolve by Winograd F(tile x tile, 3x3).
+    """Convolve by Winograd F(tile x tile, r x r).
 
     Args:
         problem: the validated problem (see :func:`supports`).
         x: ``(N, C, H, W)`` in the compute dtype (float32 or float64), any strides.
         w: ``(K, C/G, 3, 3)`` in the compute dtype, any strides.
-        tile: 2 or 4, the output tile.
+        tile: the output tile, one of :data:`TILES` for the kernel.
         chunk: F(4x4)'s scratch budget per chunk of tiles, in MiB.
 
     Returns:
         ``(N, K, P, Q)`` in the compute dtype, C-contiguous.
     """
-    u = _filter_transform(problem, w, scratch=True) if tile == 2 else _gemm.filter_transform(problem, w, tile, True)
+    if _chunked(tile, problem):
+        u = _gemm.filter_transform(problem, w, tile, True)
+    else:
+        u = _filter_transform(problem, w, scratch=True)
     return _run(problem, x, w, u, tile, chunk)
 
 
 def prepare(problem: ConvProblem, tile: int = 2, chunk: int = 4) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A runner ``(x, w) -> y`` of :func:`winograd` that transforms the filters once while ``w`` is unchanged."""
-    memo = _gemm.FilterMemo(problem, tile, _filter_transform if tile == 2 else None)
+    memo = _gemm.FilterMemo(problem, tile, None if _chunked(tile, problem) else _filter_transform)
     return lambda x, w: _run(problem, x, w, memo(w), tile, chunk)
 
 
 def _run(problem: ConvProblem, x: np.ndarray, w: np.ndarray, u: np.ndarray, tile: int, chunk: int) -> np.ndarray:
-    y = _f2x2(problem, x, u) if tile == 2 else _gemm.winograd(problem, x, w, tile, chunk * 2**20, u)
+    y = _gemm.winograd(problem, x, w, tile, chunk * 2**20, u) if _chunked(tile, problem) else _f2x2(problem, x, u)
     return _im2col.im2col(problem, x, w) if y is None else y
 
 
