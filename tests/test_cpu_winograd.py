@@ -252,6 +252,15 @@ def test_f2x2_5x5_matches_reference(case: Case, chunk: int, dtype: str, monkeypa
     assert_matches(out, getattr(reference, case.fn)(x, w, b, **case.kwargs), problem)
 
 
+def test_heuristic_takes_f2x2_5x5_on_wide_layers_only() -> None:
+    rule = winograd.F25_RULE
+    wide = Case((1, rule["min_channels"], 28, 28), (64, rule["min_channels"], 5, 5), padding=2).problem()
+    assert cpu.heuristic(wide) == Plan("winograd", {"tile": 2, "chunk": rule["chunk"]}, "heuristic")
+    thin = Case((1, rule["min_channels"] // 2, 28, 28), (64, rule["min_channels"] // 2, 5, 5), padding=2).problem()
+    small = Case((1, rule["min_channels"], 12, 12), (64, rule["min_channels"], 5, 5), padding=2).problem()  # 36 tiles
+    assert cpu.heuristic(thin).strategy != "winograd" and cpu.heuristic(small).strategy != "winograd"
+
+
 @pytest.mark.skipif(torch is None, reason="needs PyTorch")
 def test_f2x2_5x5_falls_back_on_non_finite_inputs() -> None:
     case = Case((1, 4, 9, 9), (3, 4, 5, 5), padding=2, bias=False)

@@ -196,7 +196,8 @@ def heuristic(problem: ConvProblem) -> Plan:
 
 
 def _winograd_pays(problem: ConvProblem) -> bool:
-    """Whether Winograd (F(4x4) or F(2x2)) is expected to beat im2col/direct: enough channels and tiles.
+    """Whether Winograd (F(4x4) or F(2x2)) is expected to beat im2col/direct: enough channels and tiles (5x5
+    kernels: :data:`gpuconv.cpu.winograd.F25_RULE`).
 
     The thresholds are data (``gpuconv/cpu/winograd_rules.json``), fitted to a grid of 3x3 layers timed on a
     quiet 2-core Intel Xeon (AVX-512; load 0.4-1.2) by ``python -m benchmarks.winograd_grid``;

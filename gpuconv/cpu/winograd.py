@@ -137,9 +137,19 @@ def _load_rules() -> dict[str, Any]:
 RULES = _load_rules()
 
 
+#: Where F(2x2, 5x5) (in 64 MiB chunks) beats im2col, from ten 5x5 layers timed with one BLAS thread on a 2-core
+#: Intel Xeon (AVX-512), the other core busy: 0.65-0.91x im2col's time from 48 channels and 196 tiles (64 -> 192 at
+#: 27x27: 4.00 against 4.38 ms; 96 -> 128 at 14x14, batch 8: 8.08 against 12.51), level or slower below (32
+#: channels at 56x56: 4.88 against 4.62; 256 at 14x14, 49 tiles: 7.12 against 7.06; 4-16 channels: 1.6-2.7x).
+F25_RULE = {"min_channels": 48, "min_tiles": 196, "chunk": 64}
+
+
 def preferred_tile(problem: ConvProblem) -> int | None:
-    """The tile :data:`RULES` pick for ``problem`` (4 first, then 2), or None where im2col/direct is faster
-    (and for 5x5 kernels, which the fitted grid did not cover: the tuner may still pick F(2x2, 5x5))."""
+    """The tile the rules pick for ``problem`` (:data:`RULES` for 3x3: 4 first, then 2; :data:`F25_RULE` for
+    5x5), or None where im2col/direct is faster."""
+    if supports(problem) and problem.r == 5:
+        count = problem.n * math.prod(_gemm.tiles(problem, 2))
+        return 2 if problem.cg >= F25_RULE["min_channels"] and count >= F25_RULE["min_tiles"] else None
     if not supports_3x3(problem):
         return None
     for tile, rule in ((4, RULES["f4"]), (2, RULES["f2"])):
@@ -151,7 +161,9 @@ def preferred_tile(problem: ConvProblem) -> int | None:
 
 
 def heuristic_params(problem: ConvProblem) -> dict[str, int]:
-    """The tile and chunk used without tuning (see :data:`RULES`)."""
+    """The tile and chunk used without tuning (see :data:`RULES` and :data:`F25_RULE`)."""
+    if problem.r == 5:
+        return {"tile": 2, "chunk": F25_RULE["chunk"]}
     if preferred_tile(problem) == 4:
         return {"tile": 4, "chunk": RULES["chunk"]}
     return dict(DEFAULTS)
