@@ -1,4 +1,4 @@
-"""Where Winograd pays on this machine: time a grid of 3x3 stride-1 layers and fit the heuristic's rules.
+"""Where Winograd pays on this machine: time grids of 3x3 and 5x5 stride-1 layers and fit the heuristic's rules.
 
 ``python -m benchmarks.winograd_grid --out gpuconv/cpu/winograd_rules.json`` times, per layer of the grid
 (channels x image size x batch), the GEMM path the heuristic takes without Winograd (im2col or direct),
@@ -6,9 +6,9 @@ F(2x2) and F(4x4) at every chunk size, through prepared runners (the filter tran
 inference with fixed weights), in interleaved rounds in one process (one BLAS pool), and keeps the
 median. It then fits, for F(4x4) and for F(2x2), the smallest number of tiles (and of input channels per
 group) from which the strategy is taken, choosing the thresholds that minimize the geometric mean of
-chosen time / best time over the grid, and F(4x4)'s chunk size with the same criterion. The grid, every
-time, the machine, the load average and the rules go to the JSON file that
-:mod:`gpuconv.cpu.winograd` reads.
+chosen time / best time over the grid, and F(4x4)'s chunk size with the same criterion. A second grid of 5x5
+layers does the same for F(2x2, 5x5) against the GEMM path (``rules["f25"]``). The grids, every time, the
+machine, the load average and the rules go to the JSON file that :mod:`gpuconv.cpu.winograd` reads.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -43,6 +43,22 @@ def grid() -> list[ConvProblem]:
     return out
 
 
+CHANNELS5 = (8, 16, 32, 48, 64, 128, 256)
+SIZES5 = (14, 28, 56, 112)
+MAX_FLOPS5 = 4e9
+
+
+def grid5() -> list[ConvProblem]:
+    """5x5 layers (padding 2) at batch 1 and 8, K = C and K = 2C, at most :data:`MAX_FLOPS5` each."""
+    out = []
+    for c, hw, n in itertools.product(CHANNELS5, SIZES5, BATCHES):
+        for k in (c, 2 * c):
+            p = make_problem("conv2d", (n, c, hw, hw), (k, c, 5, 5), "float32", False, padding=2)
+            if p.flops <= MAX_FLOPS5 and not (k == 2 * c and c > 64):
+                out.append(p)
+    return out
+
+
 def gemm_plan(problem: ConvProblem) -> Plan:
     """The heuristic's plan with Winograd left out: what a 3x3 layer runs otherwise."""
     for name, applies, params in cpu._RULES:
@@ -52,6 +68,9 @@ def gemm_plan(problem: ConvProblem) -> Plan:
 
 
 def contenders(problem: ConvProblem) -> dict[str, Plan]:
+    if problem.r == 5:
+        return {"gemm": gemm_plan(problem), **{f"f25_c{chunk}": Plan("winograd", {"tile": 2, "chunk": chunk})
+                                               for chunk in winograd.SPACE["chunk"]}}
     plans = {"gemm": gemm_plan(problem), "f2": Plan("winograd", {"tile": 2, "chunk": winograd.SPACE["chunk"][0]})}
     for chunk in winograd.SPACE["chunk"]:
         plans[f"f4_c{chunk}"] = Plan("winograd", {"tile": 4, "chunk": chunk})
@@ -61,7 +80,7 @@ def contenders(problem: ConvProblem) -> dict[str, Plan]:
 def time_layer(problem: ConvProblem, rounds: int, budget_s: float) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (problem.n, problem.c, problem.h, problem.w)).astype(np.float32)
-    w = rng.uniform(-1, 1, (problem.k, problem.cg, 3, 3)).astype(np.float32)
+    w = rng.uniform(-1, 1, (problem.k, problem.cg, problem.r, problem.s)).astype(np.float32)
     plans = contenders(problem)
     runs: dict[str, Callable[[], Any]] = {}
     for name, plan in plans.items():
@@ -78,7 +97,7 @@ def time_layer(problem: ConvProblem, rounds: int, budget_s: float) -> dict[str, 
             samples[name].append(time.perf_counter() - t0)
         if i >= 2 and time.perf_counter() - start > budget_s:
             break
-    return {"n": problem.n, "c": problem.c, "k": problem.k, "hw": problem.h,
+    return {"n": problem.n, "c": problem.c, "k": problem.k, "hw": problem.h, "r": problem.r,
             "tiles2": problem.n * winograd_gemm.tiles(problem, 2)[0] * winograd_gemm.tiles(problem, 2)[1],
             "tiles4": problem.n * winograd_gemm.tiles(problem, 4)[0] * winograd_gemm.tiles(problem, 4)[1],
             "gemm_plan": plans["gemm"].strategy, "load1": os.getloadavg()[0],
@@ -113,6 +132,29 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return rule
 
 
+def fit5(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """F(2x2, 5x5)'s ``min_tiles``, ``min_channels`` and chunk, minimizing the geometric mean of chosen / best time."""
+    def score(rule: dict[str, Any]) -> float:
+        return float(np.exp(np.mean([np.log(choose5(rule, r) / min(r["median_s"].values())) for r in rows])))
+
+    chunk = min(winograd.SPACE["chunk"],
+                key=lambda ch: float(np.mean([np.log(r["median_s"][f"f25_c{ch}"]) for r in rows])))
+    candidates = ({"chunk": chunk, "min_tiles": t, "min_channels": c}
+                  for t, c in itertools.product(sorted({r["tiles2"] for r in rows}) + [10**9],
+                                                sorted({r["c"] for r in rows})))
+    rule = min(candidates, key=score)
+    rule["geomean_chosen_over_best"] = score(rule)
+    rule["geomean_gemm_over_best"] = float(np.exp(np.mean([np.log(r["median_s"]["gemm"] / min(r["median_s"].values()))
+                                                            for r in rows])))
+    return rule
+
+
+def choose5(rule: dict[str, Any], r: dict[str, Any]) -> float:
+    if r["tiles2"] >= rule["min_tiles"] and r["c"] >= rule["min_channels"]:
+        return r["median_s"][f"f25_c{rule['chunk']}"]
+    return r["median_s"]["gemm"]
+
+
 def choose(rule: dict[str, Any], r: dict[str, Any], f4_time: Callable[[dict[str, Any], int], float]) -> float:
     if r["tiles4"] >= rule["f4"]["min_tiles"] and r["c"] >= rule["f4"]["min_channels"]:
         return f4_time(r, rule["chunk"])
@@ -131,25 +173,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.refit:
         with open(args.out) as f:
             data = json.load(f)
-        rows = data["grid"]
     else:
         from benchmarks import machine
-        rows = []
         load_start = os.getloadavg()
-        for problem in grid():
-            row = time_layer(problem, args.rounds, args.budget)
-            rows.append(row)
-            t = row["median_s"]
-            print(f"n={row['n']} {row['c']}->{row['k']} {row['hw']}x{row['hw']} load {row['load1']:.2f}: "
-                  + " ".join(f"{k}={v * 1e3:.2f}ms" for k, v in t.items()), flush=True)
+        grids = {"grid": [time_layer(p, args.rounds, args.budget) for p in _progress(grid())],
+                 "grid5": [time_layer(p, args.rounds, args.budget) for p in _progress(grid5())]}
         data = {"machine": {"cpu": machine.cpu_info(), "blas": machine.numpy_blas(), "cores": machine.cores()},
                 "load_start": load_start, "load_end": os.getloadavg(),
-                "command": "python -m benchmarks.winograd_grid", "grid": rows}
-    data["rules"] = fit(rows)
+                "command": "python -m benchmarks.winograd_grid", **grids}
+    data["rules"] = {**fit(data["grid"]), "f25": fit5(data["grid5"])}
     with open(args.out, "w") as f:
         json.dump(data, f, indent=1)
     print(json.dumps(data["rules"]))
     return 0
+
+
+def _progress(problems: list[ConvProblem]) -> Iterator[ConvProblem]:
+    for i, p in enumerate(problems):
+        print(f"[{i + 1}/{len(problems)}] n={p.n} {p.c}->{p.k} {p.h}x{p.w} {p.r}x{p.s}", flush=True)
+        yield p
 
 
 if __name__ == "__main__":

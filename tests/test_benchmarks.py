@@ -233,3 +233,19 @@ def test_every_direction_against_the_peers_own_backward(tiny_shapes: Path, tmp_p
     page = cli.write(result, tmp_path, plots=False)[1].read_text()
     assert "| direction | speedup of |" in page and "| conv3x3:weight | weight |" in page
     assert "input: gpuconv:auto geomean speedup over" in report.fmt_summary(result)
+
+
+def test_winograd_grid_fits_the_5x5_threshold_the_timings_imply() -> None:
+    """F(2x2, 5x5) faster exactly from 48 channels and 100 tiles: the fit finds those thresholds and the chunk that
+    is fastest overall, and its choices are the best on every row."""
+    from benchmarks import winograd_grid
+    rows = []
+    for c in (16, 32, 48, 64):
+        for tiles in (49, 100, 400):
+            wins = c >= 48 and tiles >= 100
+            rows.append({"c": c, "tiles2": tiles, "median_s": {
+                "gemm": 1.0, "f25_c4": 0.9 if wins else 1.3, "f25_c16": 0.7 if wins else 1.2,
+                "f25_c64": 0.8 if wins else 1.1}})
+    rule = winograd_grid.fit5(rows)
+    assert (rule["min_channels"], rule["min_tiles"], rule["chunk"]) == (48, 100, 16)
+    assert rule["geomean_chosen_over_best"] == pytest.approx(1.0)
