@@ -137,11 +137,10 @@ def fit5(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def score(rule: dict[str, Any]) -> float:
         return float(np.exp(np.mean([np.log(choose5(rule, r) / min(r["median_s"].values())) for r in rows])))
 
-    chunk = min(winograd.SPACE["chunk"],
-                key=lambda ch: float(np.mean([np.log(r["median_s"][f"f25_c{ch}"]) for r in rows])))
     candidates = ({"chunk": chunk, "min_tiles": t, "min_channels": c}
-                  for t, c in itertools.product(sorted({r["tiles2"] for r in rows}) + [10**9],
-                                                sorted({r["c"] for r in rows})))
+                  for chunk, t, c in itertools.product(winograd.SPACE["chunk"],
+                                                       sorted({r["tiles2"] for r in rows}) + [10**9],
+                                                       sorted({r["c"] for r in rows})))
     rule = min(candidates, key=score)
     rule["geomean_chosen_over_best"] = score(rule)
     rule["geomean_gemm_over_best"] = float(np.exp(np.mean([np.log(r["median_s"]["gemm"] / min(r["median_s"].values()))
