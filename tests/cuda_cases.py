@@ -45,12 +45,13 @@ IMPLICIT_GEMM_EXTRA: list[Case] = [
 ]
 
 # Non-default points: narrow and tall blocks, several outputs and channels per thread, windows sized for
-# stride 2 and for 7x7 filters, channel blocks; each is checked to be a valid point of the space.
+# stride 2 and for 7x7 filters, channel blocks (only beside one output channel per thread: the space's rule);
+# each is checked to be a valid point of the space.
 DIRECT_VARIANTS: list[dict[str, int]] = [
     {"BQ": 8, "BP": 4, "QPT": 4, "KPT": 1, "CB": 4, "HALO": 2, "SX": 2},
     {"BQ": 8, "BP": 8, "QPT": 2, "KPT": 2, "CB": 1, "HALO": 6, "SX": 1},
-    {"BQ": 32, "BP": 2, "QPT": 1, "KPT": 4, "CB": 4, "HALO": 6, "SX": 2},
-    {"BQ": 32, "BP": 8, "QPT": 2, "KPT": 2, "CB": 4, "HALO": 2, "SX": 1},
+    {"BQ": 32, "BP": 2, "QPT": 1, "KPT": 4, "CB": 1, "HALO": 6, "SX": 2},
+    {"BQ": 32, "BP": 8, "QPT": 2, "KPT": 1, "CB": 4, "HALO": 2, "SX": 1},
 ]
 
 # Non-default points: small and large block tiles, tall and wide thread tiles, every BK; each is checked to be

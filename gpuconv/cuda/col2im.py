@@ -76,7 +76,8 @@ def run(ex: Executor, problem: ConvProblem, params: Params, dy: Any, w: Any, bia
 def heuristic_params(problem: ConvProblem) -> dict[str, int]:
     """GEMM tiles for this problem without tuning."""
     ncols = images_per_chunk(problem) * problem.p * problem.q
-    return gemm.pick(problem.reduction, ncols, problem.groups, problem.dtype)
+    return gemm.pick(problem.reduction, ncols, problem.groups, problem.dtype,
+                     binary=lambda p: gemm_params(p, problem.dtype))
 
 
 def _grid_ok(params: Params, problem: ConvProblem | None) -> bool:

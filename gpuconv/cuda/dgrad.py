@@ -13,7 +13,9 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import MAX_GRID, Executor
-from .source import ACC_BYTES, INT32_MAX, SIMT_DTYPES, fits_smem, sm_count, thread_tile_threads
+from .occupancy import Device, current_device, variant_blocks_per_sm
+from .source import ACC_BYTES, INT32_MAX, SIMT_DTYPES, fits_smem, thread_tile_threads
+from .spills import spill_free
 
 KERNEL, FUNC = "dgrad", "dgrad_implicit_gemm"
 
@@ -54,7 +56,7 @@ def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
     return fits_smem(smem_bytes, params, problem)
 
 
-CONSTRAINTS = (_threads_ok, _b_loads_ok, _registers_ok, _fits_smem)
+CONSTRAINTS = (_threads_ok, _b_loads_ok, _registers_ok, spill_free(KERNEL), _fits_smem)  # spills: see .spills
 
 
 def phase_pixels(size: int, stride: int) -> int:
@@ -108,13 +110,13 @@ _PREFERRED: tuple[tuple[int, int, int, int, int], ...] = (
     (32, 64, 8, 4, 4),
     (32, 32, 8, 4, 4),
 )
-_BLOCKS_PER_SM = 2
 
 
-def heuristic_params(problem: ConvProblem) -> dict[str, int]:
+def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict[str, int]:
     """The largest preferred tile that does not waste more than half of its rows on missing input channels and
-    still launches about two blocks per SM (counting every phase's blocks)."""
-    min_blocks = _BLOCKS_PER_SM * sm_count()
+    still fills one wave of ``device`` (default: the current one) with resident blocks, counting every phase's
+    blocks (blocks per SM from ptxas' figures for the tile, :func:`~gpuconv.cuda.occupancy.variant_blocks_per_sm`)."""
+    dev = device if device is not None else current_device()
     fallback = dict(DEFAULTS)
     for bm, bn, bk, tm, tn in _PREFERRED:
         params = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn}
@@ -122,6 +124,8 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
             continue
         fallback = params
         gx, gy, gz = grid(problem, params)
-        if gx * gy * gz >= min_blocks:
+        per_sm = variant_blocks_per_sm(dev, KERNEL, FUNC, params, problem.dtype, threads(params),
+                                       smem_bytes(params, problem.dtype))
+        if gx * gy * gz >= dev.sm_count * per_sm:
             return params
     return fallback

@@ -5,12 +5,14 @@ Shared by the ``im2col`` strategy (B is the column workspace) and the ``pointwis
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..problem import ConvProblem
 from ..strategy import Params
 from .executor import Executor
-from .source import ACC_BYTES, ITEM_BYTES, fits_smem, sm_count, thread_tile_threads
+from .occupancy import Device, current_device, variant_blocks_per_sm
+from .source import ACC_BYTES, ITEM_BYTES, fits_smem, thread_tile_threads
+from .spills import spill_free
 
 KERNEL, FUNC = "gemm", "gemm"
 
@@ -63,9 +65,9 @@ def _fits_registers(params: Params, problem: ConvProblem | None) -> bool:
                for d in _dtypes(problem))
 
 
-CONSTRAINTS = (_threads_ok, _fits_smem, _fits_registers)
+CONSTRAINTS = (_threads_ok, _fits_smem, _fits_registers, spill_free(KERNEL))  # spills: measured, see .spills
 
-# Tile shapes the heuristic picks from, largest first (all satisfy CONSTRAINTS for every dtype).
+# Tile shapes the heuristic picks from, largest first (all satisfy CONSTRAINTS for the dtypes they serve).
 _PRESETS: tuple[dict[str, int], ...] = (
     DEFAULTS,
     {"BM": 64, "BN": 128, "BK": 8, "TM": 4, "TN": 8},
@@ -78,14 +80,21 @@ _DOUBLE_PRESETS: tuple[dict[str, int], ...] = (
     {"BM": 64, "BN": 64, "BK": 8, "TM": 4, "TN": 4},
     {"BM": 32, "BN": 64, "BK": 16, "TM": 2, "TN": 4},
 )
-_WAVES = 2  # the heuristic wants two waves' worth of blocks
 
 
-def pick(m: int, n: int, batch: int, dtype: str) -> dict[str, int]:
+def pick(m: int, n: int, batch: int, dtype: str, device: Device | None = None,
+         binary: Callable[[Mapping[str, int]], Mapping[str, int]] | None = None) -> dict[str, int]:
     """Tiles for an ``m x n`` output (``batch`` times) without tuning: the largest preset that wastes little of
-    its tiles and still gives the GPU enough blocks, else the one with the least waste."""
+    its tiles and still fills one wave of ``device`` (default: the current one) with resident blocks, else the one
+    with the least waste. Blocks per SM come from ptxas' figures for the binary ``binary(preset)`` builds
+    (default: the preset itself; :func:`~gpuconv.cuda.occupancy.variant_blocks_per_sm`)."""
     presets = _DOUBLE_PRESETS if dtype == "float64" else _PRESETS
-    target = _WAVES * sm_count()
+    dev = device if device is not None else current_device()
+    targets = {id(p): dev.sm_count * variant_blocks_per_sm(dev, KERNEL, FUNC, dict(binary(p) if binary else p), dtype,
+                                                           threads(p), smem_bytes(p, dtype)) for p in presets}
+
+    def target(p: Mapping[str, int]) -> int:
+        return targets[id(p)]
 
     def blocks(p: Mapping[str, int]) -> int:
         return -(-m // p["BM"]) * -(-n // p["BN"]) * batch
@@ -94,9 +103,9 @@ def pick(m: int, n: int, batch: int, dtype: str) -> dict[str, int]:
         return 1 - m * n * batch / (blocks(p) * p["BM"] * p["BN"])
 
     for p in presets:
-        if blocks(p) >= target and waste(p) < 0.25:
+        if blocks(p) >= target(p) and waste(p) < 0.25:
             return dict(p)
-    return dict(min(presets, key=lambda p: (waste(p) > 0.25, -min(blocks(p), target), waste(p))))
+    return dict(min(presets, key=lambda p: (waste(p) > 0.25, -min(blocks(p), target(p)), waste(p))))
 
 
 def launch(ex: Executor, params: Params, dtype: str, *, a: Any, b: Any, bias: Any, c: Any, m: int, n: int, k: int,

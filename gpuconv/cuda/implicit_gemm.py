@@ -15,7 +15,9 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import MAX_GRID, Executor
-from .source import ACC_BYTES, INT32_MAX, ITEM_BYTES, SIMT_DTYPES, fits_smem, sm_count, thread_tile_threads
+from .occupancy import Device, best_split, current_device, variant_blocks_per_sm
+from .source import ACC_BYTES, INT32_MAX, ITEM_BYTES, SIMT_DTYPES, fits_smem, thread_tile_threads
+from .spills import spill_free
 
 KERNEL, FUNC, REDUCE = "implicit_gemm", "implicit_gemm_conv", "implicit_gemm_reduce"
 REDUCE_THREADS = 256  # IG_REDUCE_THREADS in implicit_gemm.cu; the reduction is memory-bound, not tuned
@@ -71,7 +73,7 @@ def staged_words(params: Params, dtype: str) -> int:
 def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
     # Accumulators and the staged next slice live through the whole loop (in 32-bit registers: a double takes
     # two). ptxas -v over the whole space (sm_90): every tile staging more than 32 words spilled, and 8x8
-    # accumulators only fit beside at most 16 (test_cuda_spills.py checks every point).
+    # accumulators only fit beside at most 16 (tests/test_cuda_spills.py checks every point of the space).
     for dtype in _dtypes(problem):
         acc = params["TM"] * params["TN"] * ACC_BYTES[dtype] // 4
         staged = staged_words(params, dtype)
@@ -91,7 +93,7 @@ def _split_ok(params: Params, problem: ConvProblem | None) -> bool:
     return params["SPLIT_K"] <= slices and problem.groups * params["SPLIT_K"] <= MAX_GRID[2]
 
 
-CONSTRAINTS = (_threads_ok, _fits_smem, _registers_ok, _split_ok)
+CONSTRAINTS = (_threads_ok, _fits_smem, _registers_ok, spill_free(KERNEL), _split_ok)  # spills: see .spills
 
 
 def images_per_chunk(problem: ConvProblem) -> int:
@@ -155,21 +157,45 @@ _PREFERRED: tuple[tuple[int, int, int, int, int], ...] = (
     (64, 32, 32, 4, 4),
     (32, 32, 32, 4, 4),
 )
-_BLOCKS_PER_SM = 2  # the heuristic wants about two blocks per SM
+#: A tile whose wave efficiency times the share of its outputs that are real reaches this is taken; below it
+#: the next smaller tile is tried, and the best seen wins when none does.
+GOOD_ENOUGH = 0.75
+#: Fewest reduction elements (of C/groups*R*S) one split range sums: each range writes and the reduction reads
+#: back a float per output (8 bytes), which costs about 160 FMAs at an H100's 20 FMAs per byte of bandwidth, so
+#: shorter ranges spend more on the round trip than they gain (the wave model below does not count it).
+MIN_SPLIT_REDUCTION = 512
 
 
-def heuristic_params(problem: ConvProblem) -> dict[str, int]:
-    """A point of the space for ``problem`` without tuning: the largest preferred tile that does not waste
-    more than half of its rows on missing output channels and still launches about two blocks per SM."""
+def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict[str, int]:
+    """A point of the space for ``problem`` on ``device`` (default: the current one) without tuning.
+
+    For each preferred tile, largest first (skipping tiles that waste more than half their rows on missing
+    output channels), blocks per SM come from ptxas' registers and shared memory for the tile
+    (:func:`~gpuconv.cuda.occupancy.variant_blocks_per_sm`) and the split from the wave efficiency
+    (:func:`~gpuconv.cuda.occupancy.best_split`, each range at least ``MIN_SPLIT_REDUCTION`` long). The run time
+    of a tile goes as ``1 / (efficiency * fill)`` (``fill``: the share of computed outputs that are real), so the
+    first tile reaching :data:`GOOD_ENOUGH` is taken (larger tiles reuse each staged value more), else the
+    highest score.
+    """
+    dev = device if device is not None else current_device()
     ncols = problem.n * problem.p * problem.q
-    min_blocks = _BLOCKS_PER_SM * sm_count()
-    fallback = dict(DEFAULTS)
+    if ncols == 0:  # an empty batch launches nothing
+        return dict(DEFAULTS)
+    best: tuple[float, dict[str, int]] | None = None
     for bm, bn, bk, tm, tn in _PREFERRED:
         params = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn, "SPLIT_K": 1}
         if not STRATEGY.valid(params, problem) or (bm > 32 and problem.kg <= bm // 2):
             continue
-        fallback = params
-        blocks = -(-ncols // bn) * -(-problem.kg // bm) * problem.groups
-        if blocks >= min_blocks:
+        rows, cols = -(-problem.kg // bm), -(-ncols // bn)
+        per_sm = variant_blocks_per_sm(dev, KERNEL, FUNC, tiles(params), problem.dtype, threads(params),
+                                       smem_bytes(params, problem.dtype))
+        splits = [s for s in SPACE["SPLIT_K"] if s == 1 or (problem.reduction // s >= MIN_SPLIT_REDUCTION
+                                                             and STRATEGY.valid({**params, "SPLIT_K": s}, problem))]
+        split, eff = best_split(rows * cols * problem.groups, splits, dev.sm_count, per_sm)
+        params["SPLIT_K"] = split
+        score = eff * problem.kg * ncols / (rows * bm * cols * bn)
+        if score >= GOOD_ENOUGH:
             return params
-    return fallback
+        if best is None or score > best[0]:
+            best = (score, params)
+    return best[1] if best is not None else dict(DEFAULTS)

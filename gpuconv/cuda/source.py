@@ -157,3 +157,9 @@ def source_hash() -> str:
     for path in sorted([*KERNEL_DIR.glob("*.cu"), *KERNEL_DIR.glob("*.cuh")]):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def kernel_hash(kernel: str) -> str:
+    """sha256 of ``kernels/<kernel>.cu`` with its includes inlined (what :func:`render` appends to the defines):
+    it changes exactly when a variant of this kernel may compile differently."""
+    return hashlib.sha256(_inline(kernel_path(kernel), set()).encode()).hexdigest()

@@ -17,7 +17,9 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import Executor
+from .occupancy import Device, current_device, variant_blocks_per_sm
 from .source import INT32_MAX, ITEM_BYTES, SMEM_LIMIT, sm_count
+from .spills import spill_free
 
 KERNEL, FUNC = "tc_implicit_gemm", "tc_implicit_gemm_conv"
 PACK_THREADS = 256  # the kernel file's default
@@ -122,7 +124,7 @@ STRATEGY = Strategy(
     requires=("float16 or bfloat16, or float32 with precision='tf32'; N*P*Q, R*S*C/groups and N*H*W below 2**31 "
               "and at most 65535 groups"),
     space=SPACE,
-    constraints=(_warp_tiles_ok, _threads_ok, _registers_ok, _fits_smem),
+    constraints=(_warp_tiles_ok, _threads_ok, _registers_ok, spill_free(KERNEL), _fits_smem),  # see .spills
     defaults=DEFAULTS,
 )
 
@@ -138,14 +140,14 @@ _PREFERRED: tuple[tuple[int, int, int, int], ...] = (
     (32, 32, 1, 1),
 )
 _PIPELINES = ((32, 3), (32, 2), (16, 4), (16, 3), (16, 2))  # (BK, STAGES), preferred first
-_BLOCKS_PER_SM = 2
 
 
-def heuristic_params(problem: ConvProblem) -> dict[str, int]:
-    """The largest preferred tile that wastes at most half its rows on missing output channels and still
-    launches about two blocks per SM; the smallest valid one otherwise."""
+def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict[str, int]:
+    """The largest preferred tile that wastes at most half its rows on missing output channels and still fills
+    one wave of ``device`` (default: the current one) with resident blocks (blocks per SM from ptxas' figures
+    for the tile, :func:`~gpuconv.cuda.occupancy.variant_blocks_per_sm`); the smallest valid one otherwise."""
+    dev = device if device is not None else current_device()
     ncols = problem.n * problem.p * problem.q
-    min_blocks = _BLOCKS_PER_SM * sm_count()
     fallback = dict(DEFAULTS)
     for bm, bn, wm, wn in _PREFERRED:
         if bm > 32 and problem.kg <= bm // 2:
@@ -157,6 +159,8 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
         else:
             continue
         fallback = params
-        if -(-ncols // bn) * -(-problem.kg // bm) * problem.groups >= min_blocks:
+        per_sm = variant_blocks_per_sm(dev, KERNEL, FUNC, params, problem.dtype, threads(params),
+                                       smem_bytes(params, problem.dtype))
+        if -(-ncols // bn) * -(-problem.kg // bm) * problem.groups >= dev.sm_count * per_sm:
             return params
     return fallback

@@ -13,7 +13,9 @@ from typing import Any
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import MAX_GRID, Executor
-from .source import ACC_BYTES, INT32_MAX, SIMT_DTYPES, fits_smem, sm_count, thread_tile_threads
+from .occupancy import Device, best_split, current_device, variant_blocks_per_sm
+from .source import ACC_BYTES, INT32_MAX, SIMT_DTYPES, fits_smem, thread_tile_threads
+from .spills import spill_free
 
 KERNEL, FUNC, REDUCE = "wgrad", "wgrad_split_k", "wgrad_reduce"
 REDUCE_THREADS = 256  # WG_REDUCE_THREADS in wgrad.cu; the reduction is memory-bound, not tuned
@@ -57,7 +59,7 @@ def _grid_ok(params: Params, problem: ConvProblem | None) -> bool:
     return problem is None or problem.groups * params["SPLIT_K"] <= MAX_GRID[2]
 
 
-CONSTRAINTS = (_threads_ok, _registers_ok, _fits_smem, _grid_ok)
+CONSTRAINTS = (_threads_ok, _registers_ok, spill_free(KERNEL), _fits_smem, _grid_ok)  # spills: see .spills
 
 
 def chunk_of(problem: ConvProblem, params: Params) -> int:
@@ -114,17 +116,17 @@ _PREFERRED: tuple[tuple[int, int, int, int, int], ...] = (
     (32, 64, 8, 4, 4),
     (32, 32, 8, 4, 4),
 )
-_BLOCKS_PER_SM = 2
 #: Fewest pixels a split should reduce: below this its blocks spend more on the prologue and the partial
 #: sums' round trip than on FMAs.
 MIN_SPLIT_PIXELS = 512
 
 
-def heuristic_params(problem: ConvProblem) -> dict[str, int]:
-    """The largest preferred tile that wastes at most half its rows and columns, then the split: doubled while the
-    output tiles times the split stay below two blocks per SM and each split keeps ``MIN_SPLIT_PIXELS`` pixels."""
+def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict[str, int]:
+    """The largest preferred tile that wastes at most half its rows and columns, then the split with the best wave
+    efficiency on ``device`` (default: the current one; blocks per SM from ptxas' figures for the tile, see
+    :func:`~gpuconv.cuda.occupancy.best_split`) among those leaving each range ``MIN_SPLIT_PIXELS`` pixels."""
+    dev = device if device is not None else current_device()
     ncols, npix = problem.reduction, problem.n * problem.p * problem.q
-    target = _BLOCKS_PER_SM * sm_count()
     params = dict(DEFAULTS)
     for bm, bn, bk, tm, tn in _PREFERRED:
         cand = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn, "SPLIT_K": 1}
@@ -133,9 +135,10 @@ def heuristic_params(problem: ConvProblem) -> dict[str, int]:
         params = cand
         break
     tiles = -(-problem.kg // params["BM"]) * -(-ncols // params["BN"]) * problem.groups
-    split = 1
-    while (2 * split in SPACE["SPLIT_K"] and tiles * split < target and npix // (2 * split) >= MIN_SPLIT_PIXELS
-           and STRATEGY.valid({**params, "SPLIT_K": 2 * split}, problem)):
-        split *= 2
-    params["SPLIT_K"] = split
+    tile = {k: params[k] for k in TILE_PARAMS}
+    per_sm = variant_blocks_per_sm(dev, KERNEL, FUNC, tile, problem.dtype, threads(params),
+                                   smem_bytes(params, problem.dtype))
+    splits = [s for s in SPACE["SPLIT_K"] if s == 1 or (npix // s >= MIN_SPLIT_PIXELS
+                                                         and STRATEGY.valid({**params, "SPLIT_K": s}, problem))]
+    params["SPLIT_K"] = best_split(tiles, splits, dev.sm_count, per_sm)[0]
     return params

@@ -1,0 +1,78 @@
+"""Tiles that ptxas spills registers at although the spaces' rules (threads, accumulators, staged words, shared
+memory) admit them, as data, and the constraint that removes them from the spaces.
+
+``python -m benchmarks.ptxas_sweep`` (NVRTC 13.5, sm_90, the runtime's options) found 107 spilling binaries
+among the 1,795 of the spaces on 2026-12-03, and 3 among the 152 bfloat16 ones of ``tc_implicit_gemm`` (the
+float16 tiles that spill). The direct kernel's follow a rule (``direct._registers_ok``); these
+do not: ptxas spills 4-300 bytes at 64-255 registers where neighbours with more accumulators or more staged
+words do not (dgrad's 32 x 32 tile of 4 x 4 spills 20 bytes at 80 registers in float16 and float32, not in
+float64; gemm's 2 x 8 thread tiles spill at the 64-register cap of two resident 512- or 1024-thread blocks in
+float32 only), so the measured points are listed. ``tests/test_cuda_spills.py`` checks that no point left in
+any space spills, so a kernel change that makes a new point spill fails there and the sweep names it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from ..problem import ConvProblem
+from ..strategy import Params
+
+#: The tile parameters, in order, that identify a binary of each kernel in :data:`SPILLING`.
+NAMES: dict[str, tuple[str, ...]] = {
+    "gemm": ("BM", "BN", "BK", "TM", "TN"),
+    "implicit_gemm": ("BM", "BN", "BK", "TM", "TN"),
+    "dgrad": ("BM", "BN", "BK", "TM", "TN"),
+    "wgrad": ("BM", "BN", "BK", "TM", "TN"),
+    "tc_implicit_gemm": ("BM", "BN", "BK", "WM", "WN", "STAGES"),
+}
+
+#: kernel -> dtype -> tiles (values of :data:`NAMES`) at which some launched function spills (sm_90).
+SPILLING: dict[str, dict[str, frozenset[tuple[int, ...]]]] = {
+    "dgrad": {
+        "float16": frozenset({(32, 32, 8, 4, 4), (32, 128, 8, 4, 8), (32, 128, 8, 8, 4), (64, 64, 8, 8, 4),
+                              (128, 32, 8, 4, 8), (128, 32, 8, 8, 4), (128, 64, 8, 8, 8)}),
+        "float32": frozenset({(32, 32, 8, 4, 4), (32, 128, 8, 4, 8), (32, 128, 8, 8, 4), (64, 64, 8, 8, 4),
+                              (128, 32, 8, 8, 4), (128, 64, 8, 8, 8)}),
+        "float64": frozenset({(32, 64, 8, 8, 4), (32, 128, 8, 4, 8), (64, 32, 8, 8, 4), (64, 64, 8, 4, 8),
+                              (64, 64, 8, 8, 4), (128, 32, 8, 8, 4), (128, 128, 8, 4, 8)}),
+    },
+    "gemm": {
+        "float32": frozenset({(32, 128, 32, 8, 8), (64, 128, 8, 2, 8), (128, 32, 32, 8, 8), (128, 64, 8, 2, 8),
+                              (128, 128, 8, 2, 8), (128, 128, 16, 2, 8)}),
+        "float64": frozenset({(64, 64, 16, 8, 8), (64, 128, 8, 4, 8), (128, 64, 8, 4, 8)}),
+    },
+    "implicit_gemm": {
+        "float16": frozenset({(64, 64, 32, 8, 4), (128, 64, 16, 4, 8)}),
+        "float32": frozenset({(32, 128, 8, 8, 4), (64, 32, 32, 4, 4), (64, 128, 32, 8, 4)}),
+        "float64": frozenset({(32, 128, 8, 4, 4)}),
+    },
+    "tc_implicit_gemm": {
+        "float16": frozenset({(64, 64, 32, 1, 4, 3), (64, 64, 32, 1, 4, 4), (128, 32, 32, 4, 1, 2)}),
+        "bfloat16": frozenset({(64, 64, 32, 1, 4, 3), (64, 64, 32, 1, 4, 4), (128, 32, 32, 4, 1, 2)}),
+        "float32": frozenset({(32, 64, 32, 1, 2, 2), (32, 128, 32, 1, 2, 2), (32, 128, 32, 2, 1, 2),
+                              (64, 64, 16, 1, 4, 3), (64, 64, 16, 1, 4, 4), (64, 64, 32, 4, 1, 2),
+                              (128, 32, 16, 4, 1, 2), (128, 32, 32, 1, 2, 2)}),
+    },
+    "wgrad": {
+        "float16": frozenset({(64, 64, 8, 4, 8), (128, 32, 8, 8, 4)}),
+        "float32": frozenset({(128, 32, 8, 8, 4)}),
+    },
+}
+
+
+def spills(kernel: str, params: Params, dtype: str) -> bool:
+    """Whether the sweep found ``kernel`` spilling at the tile of ``params`` in ``dtype``."""
+    table: Mapping[str, frozenset[tuple[int, ...]]] = SPILLING.get(kernel, {})
+    return tuple(params[n] for n in NAMES[kernel]) in table.get(dtype, frozenset())
+
+
+def spill_free(kernel: str) -> Callable[[Params, ConvProblem | None], bool]:
+    """A constraint: the tile does not spill in the problem's dtype or, without a problem, in any dtype."""
+
+    def ok(params: Params, problem: ConvProblem | None) -> bool:
+        dtypes = (problem.dtype,) if problem is not None else tuple(SPILLING.get(kernel, {}))
+        return not any(spills(kernel, params, d) for d in dtypes)
+
+    ok.__name__ = ok.__qualname__ = f"{kernel}_spill_free"
+    return ok
