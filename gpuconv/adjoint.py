@@ -92,6 +92,80 @@ def input_gradient(problem: ConvProblem) -> Rewrite | None:
     return Rewrite(fwd, operands, lambda xp, y: y)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One stride phase of the input gradient as a forward convolution: ``dx[:, :, rows, cols] = result``.
+
+    Attributes:
+        rewrite: the forward problem of ``dy`` with this phase's taps (every ``stride``-th of the kernel, flipped
+            and transposed), its operands from ``(dy, w)``, and its result.
+        rows, cols: where the result lands in ``dx``: ``(start, count)`` along H and W, at step ``stride``.
+    """
+
+    rewrite: Rewrite
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+
+def _phase_axis(size: int, pad_before: int, out: int, stride: int, kernel: int, a: int
+                ) -> tuple[int, int, int, int, int, int] | None:
+    """Phase ``a`` (input positions ``h`` with ``(h + pad_before) % stride == a``) along one axis, dilation 1.
+
+    Its taps are ``a, a + stride, ...`` (``taps`` of them); the phase's ``i``-th position ``h = stride*i + a -
+    pad_before`` receives ``sum_j dy[i - j] w[a + stride*j]``: a stride-1 correlation of ``dy`` with the ``taps``
+    kernel flipped, for ``i`` from ``i0`` on (``count`` positions). Returns ``(taps, start, count, crop, before,
+    after)`` (``start`` the first position in ``dx``; ``dy`` cropped by ``crop`` at the start and padded by
+    ``before``/``after``, a negative ``after`` a crop at its end), or None where the phase gets no gradient.
+    """
+    taps = len(range(a, kernel, stride))
+    i0 = -(-(pad_before - a) // stride)
+    count = -(-(size + pad_before - a) // stride) - i0
+    if taps == 0 or count <= 0:
+        return None
+    before = taps - 1 - i0               # dy index of output i0's first tap: i0 - (taps - 1)
+    after = count - out - before + taps - 1
+    return taps, stride * i0 + a - pad_before, count, max(0, -before), max(0, before), after
+
+
+def input_gradient_phases(problem: ConvProblem) -> list[Phase] | None:
+    """The input gradient of an undilated ``problem`` as one stride-1 forward convolution per stride phase of
+    ``dx`` (``stride_h * stride_w`` of them, fewer where a phase receives nothing): no zero-spread ``dy``, and
+    ``R*S`` taps in all instead of ``stride_h * stride_w * R * S``. None when the problem is dilated."""
+    if problem.dilation != (1, 1):
+        return None
+    (sh, sw), k = problem.stride, problem.k
+    phases = []
+    for a in range(sh):
+        ha = _phase_axis(problem.h, problem.padding[0], problem.p, sh, problem.r, a)
+        for b in range(sw):
+            wb = _phase_axis(problem.w, problem.padding[2], problem.q, sw, problem.s, b)
+            if ha is None or wb is None:
+                continue
+            (jh, h0, hc, ch, bh, ah), (jw, w0, wc, cw, bw, aw) = ha, wb
+            hz, wz = problem.p - ch - max(0, -ah), problem.q - cw - max(0, -aw)
+            if hz <= 0 or wz <= 0:
+                continue
+            fwd = _forward(problem, c=k, h=hz, w=wz, k=problem.c, r=jh, s=jw, stride=(1, 1),
+                           padding=(bh, max(0, ah), bw, max(0, aw)))
+            phases.append(Phase(Rewrite(fwd, _phase_operands(problem, a, b, ch, hz, cw, wz), lambda xp, y: y),
+                                (h0, hc), (w0, wc)))
+    return phases
+
+
+def _phase_operands(problem: ConvProblem, a: int, b: int, ch: int, hz: int, cw: int, wz: int
+                    ) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
+    (sh, sw), n, k = problem.stride, problem.n, problem.k
+    g, kg, cg = problem.groups, problem.kg, problem.cg
+
+    def operands(xp: Any, dy: Any, w: Any) -> tuple[Any, Any]:
+        dy4 = dy.reshape(n, k, problem.p, problem.q)[:, :, ch:ch + hz, cw:cw + wz]
+        sub = w.reshape(g, kg, cg, problem.r, problem.s)[:, :, :, a::sh, b::sw]
+        wt = sub.transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]             # G, C/G, K/G, taps flipped
+        return dy4, xp.ascontiguousarray(wt).reshape(problem.c, kg, *wt.shape[3:])
+
+    return operands
+
+
 def weight_gradient(problem: ConvProblem) -> Rewrite:
     """The weight gradient of ``problem`` as a forward convolution of ``x`` (channels as the batch) with ``dy``."""
     g, n, cg, kg = problem.groups, problem.n, problem.cg, problem.kg

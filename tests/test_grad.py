@@ -153,9 +153,9 @@ def test_repeated_gradient_calls_take_the_memo() -> None:
     (lambda w, dy: gpuconv.grad.conv2d_input((1, 3, 8, 8), w, dy, strategy="im2col"),
      r"conv2d_input: strategy must be one of \['auto', 'col2im', 'direct'\] on the cpu backend for the input "
      r"gradient, got 'im2col'"),
-    (lambda w, dy: gpuconv.grad.conv2d_input((1, 3, 16, 16), w, np.ones((1, 4, 7, 7), np.float32), stride=2,
-                                             strategy="direct"),
-     r"conv2d_input: strategy 'direct' cannot compute this problem: it requires stride 1"),
+    (lambda w, dy: gpuconv.grad.conv2d_input((1, 3, 16, 16), w, np.ones((1, 4, 6, 6), np.float32), stride=2,
+                                             dilation=2, strategy="direct"),
+     r"conv2d_input: strategy 'direct' cannot compute this problem: it requires stride 1 or dilation 1"),
 ])
 def test_gradient_errors_name_the_argument(call, match: str) -> None:
     w, dy = np.ones((4, 3, 3, 3), np.float32), np.ones((1, 4, 6, 6), np.float32)

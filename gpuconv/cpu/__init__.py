@@ -85,7 +85,7 @@ INPUT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
     for s in (
         Strategy("col2im", _grad_input.col2im),
         Strategy("direct", functools.partial(_grad_input.direct, forward=_forward_compute),
-                 _grad_input.supports_direct, "stride 1",
+                 _grad_input.supports_direct, "stride 1 or dilation 1",
                  prepare=functools.partial(_grad_input.prepare_direct, forward=_forward_compute)),
     )
 }
@@ -162,14 +162,17 @@ def _weight_cols_too_large(problem: ConvProblem) -> bool:
 
 
 #: The gradients' rules. The input gradient at stride 1 is a forward convolution (and gets the forward's
-#: strategies, Winograd included); at larger strides the GEMM + scatter-add. The weight gradient of a 3x3
+#: strategies, Winograd included); at larger strides the GEMM + scatter-add (``direct``'s stride phases, one
+#: BLAS thread on a 2-core Intel Xeon, batch 8: 0.88-0.91x its time on ResNet-50's 3x3 stride-2 layers at 56x56
+#: and 28x28, 1.04-1.34x on res5's and the 1x1 ones, 8.7x on the 7x7 stem, whose phases have 3 output channels;
+#: the tuner may take them). The weight gradient of a 3x3
 #: stride-1 layer with enough tiles is Winograd's (:mod:`gpuconv.cpu.grad_weight_winograd`); otherwise it copies the
 #: column matrix where it fits one chunk of images (one GEMM per image on images of 512 outputs and more,
 #: where P*Q alone is a long reduction; measured on ResNet-50 layers at batch 8, 2-core AMD EPYC);
 #: beyond, one tap at a time.
 _DIRECTION_RULES = {
     "forward": _RULES,
-    "input": [("direct", lambda p: True, _no_params), ("col2im", lambda p: True, _no_params)],
+    "input": [("direct", lambda p: p.stride == (1, 1), _no_params), ("col2im", lambda p: True, _no_params)],
     "weight": [("winograd", _grad_weight_winograd.pays, _grad_weight_winograd.heuristic_params),
                ("direct", _weight_cols_too_large, _no_params),
                ("im2col", lambda p: True, lambda p: {"per_image": int(p.p * p.q >= 512)})],

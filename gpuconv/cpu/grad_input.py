@@ -3,8 +3,11 @@
 col2im: per image and group one GEMM ``W^T (C/G*R*S x K/G) @ dY (K/G x P*Q)`` gives every tap's contribution
     (the column matrix of the forward, in reverse); one strided add per kernel tap scatters it onto the padded
     input grid, any stride and dilation. Images are processed in chunks that bound the column matrix.
-direct: stride 1 only: the forward convolution of ``dy`` with the flipped, transposed weight
-    (:func:`gpuconv.adjoint.input_gradient`), run by the forward strategy the CPU heuristic picks for it.
+direct: the forward convolution of ``dy`` with the flipped, transposed weight (:func:`gpuconv.adjoint.input_gradient`),
+    run by the forward strategy the CPU heuristic picks for it; at a stride above 1 (undilated), one such
+    convolution per stride phase of ``dx`` with that phase's taps (:func:`gpuconv.adjoint.input_gradient_phases`:
+    res3's 3x3 stride-2 layer becomes convolutions with 2x2, 2x1, 1x2 and 1x1 kernels), each result written into
+    every ``stride``-th row and column of ``dx``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def col2im(problem: ConvProblem, dy: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def supports_direct(problem: ConvProblem) -> bool:
-    return problem.stride == (1, 1)
+    """Stride 1, or no dilation (the stride phases)."""
+    return problem.stride == (1, 1) or problem.dilation == (1, 1)
 
 
 def direct(problem: ConvProblem, dy: np.ndarray, w: np.ndarray, *,
@@ -56,6 +60,8 @@ def direct(problem: ConvProblem, dy: np.ndarray, w: np.ndarray, *,
 def prepare_direct(problem: ConvProblem, *,
                    forward: Callable[[ConvProblem], Callable[[Any, Any], Any]]) -> Callable[[Any, Any], Any]:
     """:func:`direct` with the rewrite and the forward runner (``forward(problem) -> run(x, w)``) built once."""
+    if problem.stride != (1, 1):
+        return _prepare_phases(problem, forward)
     rewrite = adjoint.input_gradient(problem)
     if rewrite is None:  # every tap reads padding only: nothing flows back
         return lambda dy, w: np.zeros((problem.n, problem.c, problem.h, problem.w), dy.dtype)
@@ -64,5 +70,23 @@ def prepare_direct(problem: ConvProblem, *,
     def run(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
         x, wt = rewrite.operands(np, dy, w)
         return rewrite.result(np, inner(x, wt))
+
+    return run
+
+
+def _prepare_phases(problem: ConvProblem, forward: Callable[[ConvProblem], Callable[[Any, Any], Any]]
+                    ) -> Callable[[Any, Any], Any]:
+    phases = [(ph, forward(ph.rewrite.forward)) for ph in adjoint.input_gradient_phases(problem)]
+    shape = (problem.n, problem.c, problem.h, problem.w)
+    sh, sw = problem.stride
+    covered = sum(ph.rows[1] * ph.cols[1] for ph, _ in phases) == problem.h * problem.w
+
+    def run(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+        dx = np.empty(shape, dy.dtype) if covered else np.zeros(shape, dy.dtype)
+        for ph, inner in phases:
+            (h0, hc), (w0, wc) = ph.rows, ph.cols
+            x, wt = ph.rewrite.operands(np, dy, w)
+            np.copyto(dx[:, :, h0:h0 + sh * (hc - 1) + 1:sh, w0:w0 + sw * (wc - 1) + 1:sw], inner(x, wt))
+        return dx
 
     return run
