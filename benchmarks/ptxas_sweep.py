@@ -168,8 +168,9 @@ def sweep(archs: Sequence[str], jobs: int, previous: Mapping[str, Any] | None = 
     found: dict[Binary, dict[str, Any]] = {b: {a: old[b][a] for a in archs if a in old.get(b, {})} for b in order}
     todo = [(b, tuple(a for a in archs if a not in found[b])) for b in order]
     todo = [job for job in todo if job[1]]
+    compiles = sum(len(a) for _, a in todo)
     print(f"{len(order)} binaries ({sum(counts.values())} variants in {len(counts)} spaces) for {list(archs)}: "
-          f"{len(order) - len(todo)} reused, {len(todo)} to compile on {jobs} processes", file=log)
+          f"{len(order) * len(archs) - compiles} figures reused, {compiles} compiles on {jobs} processes", file=log)
     t0 = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
         for i, (key, res, _) in enumerate(pool.map(_compile, todo, chunksize=4)):
