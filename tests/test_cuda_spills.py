@@ -271,3 +271,4 @@ def test_sweep_report_helpers() -> None:
     assert set(ptxas_sweep.reusable(report)) == {("gemm", (("BM", 32),), "float32"), ("gemm", (("BM", 64),), "float32")}
     assert ptxas_sweep.reusable({**report, "kernels": {"gemm": "0" * 64}}) == {}  # the kernel changed
     assert ptxas_sweep.reusable({**report, "options": ["-O0"]}) == {}
+

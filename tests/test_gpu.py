@@ -330,3 +330,32 @@ def test_tuned_plan_is_used(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     (x, w, b), ref = _reference(case, "float32")
     for _ in range(2):
         assert_matches(gpuconv.conv2d(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), padding=1), ref, problem)
+
+
+def test_occupancy_matches_the_driver() -> None:
+    """The device's SM count, the loaded defaults' registers against the stored ptxas report (where the NVRTC and
+    the architecture match it), and blocks per SM (gpuconv.cuda.occupancy) against the driver's calculator."""
+    import json
+
+    from cupy_backends.cuda.libs import nvrtc
+
+    from gpuconv.cuda import dgrad, implicit_gemm, tc_implicit_gemm
+    from gpuconv.cuda.compile import get_function
+    from gpuconv.cuda.occupancy import REPORT_PATH, blocks_per_sm, current_device, limits, resources
+
+    dev = current_device()
+    assert dev.sm_count == cupy.cuda.Device().attributes["MultiProcessorCount"]
+    report = json.loads(REPORT_PATH.read_text())
+    same = ".".join(map(str, nvrtc.getVersion())) == report["toolkit"]["nvrtc"] and dev.arch in report["archs"]
+    ig = implicit_gemm
+    cases = [(ig.KERNEL, ig.FUNC, ig.tiles(ig.DEFAULTS), d, ig.threads(ig.DEFAULTS)) for d in DTYPES]
+    cases += [(dgrad.KERNEL, dgrad.FUNC, dgrad.DEFAULTS, "float32", dgrad.threads(dgrad.DEFAULTS)),
+              (tc_implicit_gemm.KERNEL, tc_implicit_gemm.FUNC, tc_implicit_gemm.DEFAULTS, "float16",
+               tc_implicit_gemm.threads(tc_implicit_gemm.DEFAULTS))]
+    for kernel, func, params, dtype, threads in cases:
+        fn = get_function(kernel, func, params, dtype)
+        if same:
+            stored = resources(kernel, func, params, dtype, dev.arch)
+            assert stored is not None and fn.num_regs == stored["registers"], (kernel, params, dtype)
+        driver = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads, 0)
+        assert blocks_per_sm(limits(dev.cc), threads, fn.num_regs, fn.shared_size_bytes) == driver, (kernel, dtype)
