@@ -147,7 +147,7 @@ def test_heuristic_picks_the_specialized_paths() -> None:
     assert cpu.heuristic(Case((1, 64, 56, 56), (256, 64, 1, 1)).problem()).strategy == "pointwise"
     assert cpu.heuristic(Case((1, 32, 56, 56), (32, 1, 3, 3), groups=32, padding=1).problem()).strategy == "depthwise"
     assert cpu.heuristic(Case((1, 4, 256, 256), (4, 4, 31, 31), padding=15).problem()).strategy == "fft"
-    assert cpu.heuristic(Case((1, 128, 28, 28), (128, 128, 3, 3), padding=1).problem()).strategy == "winograd"
+    assert cpu.heuristic(Case((1, 128, 56, 56), (128, 128, 3, 3), padding=1).problem()).strategy == "winograd"
     plan = cpu.heuristic(Case((1, 128, 28, 28), (128, 128, 3, 3), padding=1, stride=2).problem())
     assert plan.strategy in ("im2col", "direct")
 

@@ -135,7 +135,8 @@ def test_scratch_is_not_shared_between_results() -> None:
 
 
 def test_public_api_and_heuristic() -> None:
-    case = Case((1, 128, 28, 28), (128, 128, 3, 3), padding=1)
+    side = 4 * int(np.ceil(np.sqrt(winograd.RULES["f4"]["min_tiles"])))     # enough F(4x4) tiles for the rules
+    case = Case((1, 128, side, side), (128, 128, 3, 3), padding=1)
     problem = case.problem("float32")
     assert cpu.heuristic(problem).strategy == "winograd"
     x, w, b = random_inputs(case, "float32")
@@ -254,10 +255,11 @@ def test_f2x2_5x5_matches_reference(case: Case, chunk: int, dtype: str, monkeypa
 
 def test_heuristic_takes_f2x2_5x5_on_wide_layers_only() -> None:
     rule = winograd.F25_RULE
-    wide = Case((1, rule["min_channels"], 28, 28), (64, rule["min_channels"], 5, 5), padding=2).problem()
+    c, side = max(rule["min_channels"], winograd.F25_MIN_CHANNELS), 2 * int(np.ceil(np.sqrt(rule["min_tiles"])))
+    wide = Case((1, c, side, side), (64, c, 5, 5), padding=2).problem()
     assert cpu.heuristic(wide) == Plan("winograd", {"tile": 2, "chunk": rule["chunk"]}, "heuristic")
-    thin = Case((1, rule["min_channels"] // 2, 28, 28), (64, rule["min_channels"] // 2, 5, 5), padding=2).problem()
-    small = Case((1, rule["min_channels"], 12, 12), (64, rule["min_channels"], 5, 5), padding=2).problem()  # 36 tiles
+    thin = Case((1, c - 1, side, side), (64, c - 1, 5, 5), padding=2).problem()
+    small = Case((1, c, side - 4, side - 4), (64, c, 5, 5), padding=2).problem()          # fewer tiles
     assert cpu.heuristic(thin).strategy != "winograd" and cpu.heuristic(small).strategy != "winograd"
 
 

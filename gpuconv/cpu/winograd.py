@@ -137,11 +137,10 @@ def _load_rules() -> dict[str, Any]:
 RULES = _load_rules()
 
 
-#: Where F(2x2, 5x5) (in 64 MiB chunks) beats im2col, from ten 5x5 layers timed with one BLAS thread on a 2-core
-#: Intel Xeon (AVX-512), the other core busy: 0.65-0.91x im2col's time from 48 channels and 196 tiles (64 -> 192 at
-#: 27x27: 4.00 against 4.38 ms; 96 -> 128 at 14x14, batch 8: 8.08 against 12.51), level or slower below (32
-#: channels at 56x56: 4.88 against 4.62; 256 at 14x14, 49 tiles: 7.12 against 7.06; 4-16 channels: 1.6-2.7x).
-F25_RULE = {"min_channels": 48, "min_tiles": 196, "chunk": 64}
+#: Where F(2x2, 5x5) beats im2col: ``{"min_tiles", "min_channels", "chunk"}``, fitted by the same command to a grid
+#: of 5x5 layers (``rules["f25"]`` of ``winograd_rules.json``; on a quiet 2-core Intel Xeon it won from 16 channels
+#: and 392 tiles, 0.5-0.8x im2col's time on large layers).
+F25_RULE = RULES["f25"]
 
 
 def preferred_tile(problem: ConvProblem) -> int | None:
