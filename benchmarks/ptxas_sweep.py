@@ -32,7 +32,7 @@ import numpy as np
 
 from gpuconv.cuda import TABLES
 from gpuconv.cuda.compile import EFFECTIVE_OPTIONS
-from gpuconv.cuda.executor import check_launch
+from gpuconv.cuda.executor import RecordingExecutor
 from gpuconv.cuda.occupancy import REPORT_PATH, REPORT_SCHEMA
 from gpuconv.cuda.ptxas import resources
 from gpuconv.cuda.source import kernel_hash
@@ -54,24 +54,6 @@ DERIVED = {"rewrite"}
 Binary = tuple[str, tuple[tuple[str, int], ...], str]  # kernel, params, dtype
 
 
-class RecordingExecutor:
-    """Runs nothing; records each launch's binary and function (checking its geometry as the runtime does)."""
-
-    xp = np
-
-    def __init__(self) -> None:
-        self.launches: list[tuple[str, str, tuple[tuple[str, int], ...], str]] = []
-
-    def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
-        return np.empty(tuple(shape), dtype)
-
-    def dummy(self, dtype: str) -> np.ndarray:
-        return np.empty(4, dtype)
-
-    def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Sequence[int],
-               block: Sequence[int], args: Sequence[Any]) -> None:
-        check_launch(kernel, func, grid, block, args)
-        self.launches.append((kernel, func, tuple(sorted(params.items())), dtype))
 
 
 def probes(direction: str, name: str, dtype: str) -> list[ConvProblem]:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import zlib
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from helpers import sample_product
 
 from gpuconv.cuda import STRATEGIES
 from gpuconv.cuda.compile import KernelError, compile_ptx
-from gpuconv.cuda.executor import check_launch
+from gpuconv.cuda.executor import Launch, RecordingExecutor
 from gpuconv.cuda.source import render
 from gpuconv.problem import DTYPES, PRECISIONS, ConvProblem, make_problem
 
@@ -38,27 +38,8 @@ PROBES = (
     dict(x=(2, 64, 16, 16), w=(64, 1, 3, 3), padding=1, groups=64),
 )
 
-Launch = tuple[str, str, tuple[tuple[str, int], ...], str]  # kernel, func, params, dtype
 
 
-class RecordingExecutor:
-    """Runs nothing; remembers what would be compiled and checks the launch geometry."""
-
-    xp = np
-
-    def __init__(self) -> None:
-        self.launches: list[Launch] = []
-
-    def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
-        return np.empty(tuple(shape), dtype)
-
-    def dummy(self, dtype: str) -> np.ndarray:
-        return np.empty(4, dtype)
-
-    def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Sequence[int],
-               block: Sequence[int], args: Sequence[Any]) -> None:
-        check_launch(kernel, func, grid, block, args)
-        self.launches.append((kernel, func, tuple(sorted(params.items())), dtype))
 
 
 def probe(name: str, dtype: str) -> ConvProblem | None:

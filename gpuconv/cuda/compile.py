@@ -81,10 +81,19 @@ def compile_ptx(kernel: str, params: Mapping[str, int], dtype: str, arch: str = 
     Raises:
         KernelError: with the NVRTC log.
     """
+    return run_nvrtc(kernel, params, dtype, (*EFFECTIVE_OPTIONS, f"-arch={arch}"), "ptx")
+
+
+def run_nvrtc(kernel: str, params: Mapping[str, int], dtype: str, options: tuple[str, ...], output: str) -> str:
+    """Compile ``kernels/<kernel>.cu`` with NVRTC (no GPU or driver needed) and return its ``output``: ``"ptx"`` or
+    ``"log"`` (what ``--ptxas-options=-v`` reports goes there).
+
+    Raises:
+        KernelError: with the NVRTC log.
+    """
     from cupy_backends.cuda.libs import nvrtc
 
     checked = check_params(kernel, params)
-    options = (*EFFECTIVE_OPTIONS, f"-arch={arch}")
     code = render(kernel, checked, check_dtype(kernel, dtype))
     prog = nvrtc.createProgram(code, f"kernels/{kernel}.cu", [], [])
     try:
@@ -93,7 +102,7 @@ def compile_ptx(kernel: str, params: Mapping[str, int], dtype: str, arch: str = 
         except Exception as e:
             raise KernelError(f"failed to compile {_describe(kernel, checked, dtype, options)}:\n"
                               f"{nvrtc.getProgramLog(prog)}") from e
-        ptx = nvrtc.getPTX(prog)
+        out = nvrtc.getPTX(prog) if output == "ptx" else nvrtc.getProgramLog(prog)
     finally:
         nvrtc.destroyProgram(prog)
-    return ptx.decode() if isinstance(ptx, bytes) else ptx
+    return out.decode() if isinstance(out, bytes) else out

@@ -69,6 +69,31 @@ DUMMY_BYTES = 16
 Function = Callable[[Dim3, Dim3, tuple[Any, ...]], None]
 
 
+#: One launch as :class:`RecordingExecutor` keeps it: ``(kernel, func, sorted params, dtype)``.
+Launch = tuple[str, str, tuple[tuple[str, int], ...], str]
+
+
+class RecordingExecutor:
+    """Runs nothing: records each launch's binary and function, checking its geometry as the runtime does (how the
+    compile tests and ``benchmarks.ptxas_sweep`` learn what a plan would build, without a GPU)."""
+
+    xp = np
+
+    def __init__(self) -> None:
+        self.launches: list[Launch] = []
+
+    def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        return np.empty(tuple(shape), dtype)
+
+    def dummy(self, dtype: str) -> np.ndarray:
+        return np.empty(4, dtype)
+
+    def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Sequence[int],
+               block: Sequence[int], args: Sequence[Any]) -> None:
+        check_launch(kernel, func, grid, block, args)
+        self.launches.append((kernel, func, tuple(sorted(params.items())), dtype))
+
+
 class CupyExecutor:
     """Launches on the current CuPy device and stream; compiled modules are memoized per device.
 

@@ -13,8 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from .compile import EFFECTIVE_OPTIONS, KernelError, _describe
-from .source import check_dtype, check_params, render
+from .compile import EFFECTIVE_OPTIONS, run_nvrtc
 
 #: The real architectures the sweep compiles for.
 ARCHS: tuple[str, ...] = ("sm_90", "sm_80")
@@ -76,19 +75,4 @@ def resources(kernel: str, params: Mapping[str, int], dtype: str, arch: str = "s
     Raises:
         KernelError: the source does not compile (with the NVRTC log).
     """
-    from cupy_backends.cuda.libs import nvrtc
-
-    checked = check_params(kernel, params)
-    opts = options(arch)
-    code = render(kernel, checked, check_dtype(kernel, dtype))
-    prog = nvrtc.createProgram(code, f"kernels/{kernel}.cu", [], [])
-    try:
-        try:
-            nvrtc.compileProgram(prog, list(opts))
-        except Exception as e:
-            raise KernelError(f"failed to compile {_describe(kernel, checked, dtype, opts)}:\n"
-                              f"{nvrtc.getProgramLog(prog)}") from e
-        log = nvrtc.getProgramLog(prog)
-    finally:
-        nvrtc.destroyProgram(prog)
-    return parse_log(log.decode() if isinstance(log, bytes) else log)
+    return parse_log(run_nvrtc(kernel, params, dtype, options(arch), "log"))
