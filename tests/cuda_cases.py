@@ -49,8 +49,8 @@ IMPLICIT_GEMM_EXTRA: list[Case] = [
 # each is checked to be a valid point of the space.
 DIRECT_VARIANTS: list[dict[str, int]] = [
     {"BQ": 8, "BP": 4, "QPT": 4, "KPT": 1, "CB": 4, "HALO": 2, "SX": 2},
-    {"BQ": 8, "BP": 8, "QPT": 2, "KPT": 2, "CB": 1, "HALO": 6, "SX": 1},
-    {"BQ": 32, "BP": 2, "QPT": 1, "KPT": 4, "CB": 1, "HALO": 6, "SX": 2},
+    {"BQ": 8, "BP": 4, "QPT": 1, "KPT": 2, "CB": 1, "HALO": 6, "SX": 1},
+    {"BQ": 32, "BP": 8, "QPT": 2, "KPT": 2, "CB": 1, "HALO": 6, "SX": 2},
     {"BQ": 32, "BP": 8, "QPT": 2, "KPT": 1, "CB": 4, "HALO": 2, "SX": 1},
 ]
 

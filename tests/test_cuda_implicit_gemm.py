@@ -60,7 +60,7 @@ def test_images_are_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     case = Case((5, 4, 6, 6), (6, 4, 3, 3), padding=1)
     ex = check("implicit_gemm", case, "float32", {**STRATEGY.defaults, "SPLIT_K": 3})
     assert [r.func for r in ex.launches] == [implicit_gemm.FUNC, implicit_gemm.REDUCE] * 3
-    assert [r.grid[0] for r in ex.launches[::2]] == [-(-n * 36 // 128) for n in (2, 2, 1)]
+    assert [r.grid[0] for r in ex.launches[::2]] == [-(-n * 36 // STRATEGY.defaults["BN"]) for n in (2, 2, 1)]
 
 
 # Split-K on the shared grid plus the kernel's edge cases, sampled: every split count, several tiles and

@@ -13,6 +13,7 @@ from ..problem import ConvProblem
 from ..strategy import Params, Strategy
 from .executor import Executor
 from .source import ACC_BYTES, SIMT_DTYPES, fits_smem
+from .spills import spill_free
 
 KERNEL, FUNC = "direct", "direct_conv"
 
@@ -56,6 +57,9 @@ def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
     # Accumulators per thread: the kernel is load-bound beyond 4. Four staged channels with several output
     # channels per thread spill (ptxas -v, sm_90: 58 of the 177 such points, at 40-64 registers, 8-16 bytes;
     # no other point spilled): the KPT weight pointers and loads of each staged channel stay live over its taps.
+    # sm_80 spills 153 more points (4-40 bytes at 32-80 registers: 65 float64, 44 each in float16 and float32,
+    # 123 with several output channels per thread) that no rule on these tunables separates from their
+    # neighbours: they are measured, in .spills.
     return params["KPT"] * params["QPT"] <= 4 and (params["CB"] == 1 or params["KPT"] == 1)
 
 
@@ -144,6 +148,6 @@ STRATEGY = Strategy(
     supports=_supports,
     requires="float16, float32 or float64; at most 65535 output channels and P*Q < 2**31",
     space=SPACE,
-    constraints=(_threads_ok, _registers_ok, _fits_smem, _useful),
+    constraints=(_threads_ok, _registers_ok, spill_free(KERNEL), _fits_smem, _useful),  # see .spills
     defaults=DEFAULTS,
 )
