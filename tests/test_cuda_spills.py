@@ -42,7 +42,8 @@ from gpuconv.cuda.source import kernel_hash  # noqa: E402
 from gpuconv.problem import make_problem  # noqa: E402
 
 SWEEP = "nice -n 19 python -m benchmarks.ptxas_sweep"
-SAMPLE = 3  # binaries recompiled per run (about 1 s each)
+SAMPLE = 3  # binaries recompiled per run and architecture (about 0.5 s each)
+ARCHS = ("sm_90", "sm_80")  # the real architectures of CI's compute_90 and compute_80
 
 
 @functools.cache
@@ -59,7 +60,7 @@ def test_report_is_current() -> None:
     report = stored()
     assert report["schema"] == REPORT_SCHEMA, f"{REPORT_PATH} has schema {report['schema']}: run {SWEEP}"
     assert report["options"] == list(EFFECTIVE_OPTIONS), f"the NVRTC options changed since the sweep: run {SWEEP}"
-    assert "sm_90" in report["archs"]
+    assert set(ARCHS) <= set(report["archs"]), f"{REPORT_PATH.name} has {report['archs']}, not {ARCHS}: run {SWEEP}"
     changed = [k for k, h in report["kernels"].items() if kernel_hash(k) != h]
     assert not changed, f"kernels {changed} changed since {REPORT_PATH.name} was written: run {SWEEP}"
 
@@ -94,16 +95,50 @@ def test_no_launched_function_exceeds_the_hardware() -> None:
                 assert r["registers"] <= 255 and r["smem"] <= 48 * 1024 and r["stack"] == 0, (p, arch, func)
 
 
-def test_sampled_points_recompile_to_the_stored_figures() -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sampled_points_recompile_to_the_stored_figures(arch: str) -> None:
     from cupy_backends.cuda.libs import nvrtc
 
     report = stored()
     version = ".".join(map(str, nvrtc.getVersion()))
     if version != report["toolkit"]["nvrtc"]:
         pytest.skip(f"NVRTC {version} here, the report is from NVRTC {report['toolkit']['nvrtc']}")
-    for p in random.Random(11).sample(report["points"], SAMPLE):
-        got = compile_resources(p["kernel"], p["params"], p["dtype"], "sm_90")
-        assert {f: r.as_dict() for f, r in got.items()} == p["sm_90"], (p["kernel"], p["params"], p["dtype"])
+    for p in random.Random(f"11 {arch}").sample(report["points"], SAMPLE):
+        got = compile_resources(p["kernel"], p["params"], p["dtype"], arch)
+        assert {f: r.as_dict() for f, r in got.items()} == p[arch], (p["kernel"], p["params"], p["dtype"], arch)
+
+
+def test_a_tile_spilling_on_one_architecture_leaves_the_space() -> None:
+    # gemm's 128 x 128 x 8 tile of 8 x 8 spills in float32 on sm_80 only, and in no dtype on sm_90; direct's
+    # float64 point below spills on sm_80 only (64 registers, 8 bytes).
+    from gpuconv.cuda import direct, im2col
+    from gpuconv.cuda.spills import SPILLING, spills
+
+    tile = {"BM": 128, "BN": 128, "BK": 8, "TM": 8, "TN": 8}
+    assert (128, 128, 8, 8, 8) in SPILLING["sm_80"]["gemm"]["float32"]
+    assert not any((128, 128, 8, 8, 8) in t for t in SPILLING["sm_90"]["gemm"].values())
+    assert spills("gemm", tile, "float32") and not spills("gemm", tile, "float16")
+    f32, f16 = (make_problem("conv2d", (2, 256, 32, 32), (256, 256, 3, 3), d, False, padding=1)
+                for d in ("float32", "float16"))
+    assert not im2col.STRATEGY.valid(tile, f32) and im2col.STRATEGY.valid(tile, f16)
+    assert not im2col.STRATEGY.valid(tile)  # without a problem a point must hold in every dtype
+    point = {"BQ": 8, "BP": 4, "QPT": 1, "KPT": 1, "CB": 1, "HALO": 2, "SX": 1}
+    f64 = make_problem("conv2d", (2, 16, 32, 32), (16, 1, 3, 3), "float64", False, padding=1, groups=16)
+    assert not direct.STRATEGY.valid(point, f64)
+    assert direct.STRATEGY.valid(point, make_problem("conv2d", (2, 16, 32, 32), (16, 1, 3, 3), "float32", False,
+                                                     padding=1, groups=16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_gemm_presets_are_points_of_the_space(dtype: str) -> None:
+    # gemm.pick returns its presets unchecked: each must be a point of the space in the dtypes it serves.
+    from gpuconv.cuda import gemm, im2col
+
+    problem = make_problem("conv2d", (2, 256, 32, 32), (256, 256, 3, 3), dtype, False, padding=1)
+    presets = gemm._DOUBLE_PRESETS if dtype == "float64" else gemm._PRESETS
+    for p in presets:
+        assert im2col.STRATEGY.valid(p, problem), (dtype, p)
+        assert gemm.pick(64 * p["BM"], 64 * p["BN"], 1, dtype, H100_SXM) in presets
 
 
 def test_ptxas_log_parser() -> None:
