@@ -25,6 +25,7 @@ import pytest
 from gpuconv.cuda import implicit_gemm
 from gpuconv.cuda.compile import compile_ptx
 from gpuconv.cuda.source import render
+from gpuconv.problem import make_problem
 
 #: The main loop's FFMA share must stay above this (what the kernel reaches, less a margin for compiler versions).
 MIN_FFMA_SHARE = 0.74
@@ -98,7 +99,13 @@ def test_loop_finder() -> None:
 @pytest.mark.skipif(_tool("cuobjdump") is None or _tool("nvdisasm") is None or shutil.which("ptxas") is None,
                     reason="needs ptxas and cuobjdump/nvdisasm (CUDA toolkit or the nvidia-cuda-* wheels)")
 def test_implicit_gemm_main_loop_is_mostly_ffma(tmp_path: Path) -> None:
-    params = implicit_gemm.tiles(implicit_gemm.DEFAULTS)
+    # The float32 heuristic's first (largest) tile, which it takes on every layer large enough to fill the GPU;
+    # the defaults are a smaller tile that is a point in every dtype.
+    bm, bn, bk, tm, tn = implicit_gemm._PREFERRED[0]
+    point = {"BM": bm, "BN": bn, "BK": bk, "TM": tm, "TN": tn, "SPLIT_K": 1}
+    large = make_problem("conv2d", (32, 256, 28, 28), (256, 256, 3, 3), "float32", False, padding=1)
+    assert implicit_gemm.STRATEGY.valid(point, large), f"{point} left the float32 space"
+    params = implicit_gemm.tiles(point)
     binary = cubin(implicit_gemm.KERNEL, params, "float32", tmp_path)
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(_tool("nvdisasm")).parent), os.environ.get("PATH", "")]))
     proc = subprocess.run([_tool("cuobjdump"), "-sass", str(binary)], capture_output=True, text=True, env=env)
