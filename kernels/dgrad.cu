@@ -17,15 +17,20 @@
 // Layout: dy (N, K, P, Q), w (K, C/groups, R, S), dx (N, C, H, W).
 // Grid:   x = ceil(N*ceil(H/stride_h)*ceil(W/stride_w) / BN) column tiles (the largest phase; blocks past a
 //         smaller phase's columns return at once), y = ceil(Cg / BM), z = groups * stride_h * stride_w.
-// Block:  (BM/TM) * (BN/TN) threads; thread (tm, tn) owns rows tm + i*(BM/TM) and columns tn + j*(BN/TN).
+// Block:  (BM/TM) * (BN/TN) threads; thread (tm, tn) owns rows gi*(BM/TM)*V + tm*V + [0, V) and columns
+//         gj*(BN/TN)*V + tn*V + [0, V), V = one 16-byte vector of ACC_T: every fragment read is one 16-byte
+//         shared load (LDS.128) and a warp reads consecutive vectors, as in the forward implicit GEMM.
 // Reduction index kr = (k * Ra + jr) * Sa + js; column index j = (n * Ha + i) * Wa + iw.
 //
 // Staging and the inner loop are the forward implicit GEMM's (kernels/implicit_gemm.cu): BK slices in shared
 // memory as ACC_T, double-buffered through registers, one barrier per slice; each thread loads one fixed B
 // column, so its (n, i, iw) split and dy base are computed once, and consecutive threads read consecutive q
-// (coalesced at stride 1). A = W^T is read along kr (stride rstep_w in w; w stays in L2).
-// Epilogue: consecutive threads store consecutive iw, i.e. every stride_w-th element of a dx row.
-// Not done: vectorized loads, cp.async, tensor cores.
+// (coalesced at stride 1). A = W^T is read along kr (stride rstep_w in w; w stays in L2). The reduction
+// positions a thread loads, (k, jr, js) of kr, are counters that step by BK per slice (slices load in order):
+// BK itself is split into (k, jr, js) once per block, and each step is three adds with two carries, no
+// division in the loop.
+// Epilogue: runs of V consecutive iw, i.e. every stride_w-th element of a dx row.
+// Not done: vectorized global loads, cp.async, tensor cores.
 #include "common.cuh"
 
 #ifndef BM
@@ -51,8 +56,11 @@
 #define DG_A_PER_THREAD ((BM * BK + DG_THREADS - 1) / DG_THREADS)
 #define DG_B_ROWS_STEP (DG_THREADS / BN)
 #define DG_B_PER_THREAD ((BK + DG_B_ROWS_STEP - 1) / DG_B_ROWS_STEP)
+#define DG_VEC (16 / (int)sizeof(ACC_T))  // ACC_T per 16-byte fragment read
 static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
 static_assert(DG_THREADS % BN == 0, "each thread loads one fixed column of B: BN must divide the thread count");
+static_assert(DG_THREADS % BK == 0, "each thread loads one fixed reduction row of A: BK must divide the threads");
+static_assert(TM % DG_VEC == 0 && TN % DG_VEC == 0, "thread tiles are made of 16-byte groups");
 
 namespace dgrad_detail {
 // The taps of one stride phase along one axis (see the header).
@@ -86,6 +94,33 @@ static __device__ __forceinline__ Phase phase_of(int a, int size, int pad, int s
     if (ph.r0 < 0) ph.r0 = 0;
     return ph;
 }
+
+// A reduction index kr = (k * ra + jr) * sa + js as its digits (k, jr, js), jr < ra and js < sa.
+struct Digits {
+    int k, jr, js;
+};
+
+static __device__ __forceinline__ Digits digits_of(int kr, int ra, int sa) {
+    if (ra * sa == 0) return Digits{1 << 30, 0, 0};  // no taps: k past every channel, nothing is loaded
+    const int k = kr / (ra * sa), rem = kr - k * (ra * sa);
+    return Digits{k, rem / sa, rem - (rem / sa) * sa};
+}
+
+// d += step, digit by digit with carries (step's digits are in range, so each carry is 0 or 1).
+static __device__ __forceinline__ void advance(Digits& d, const Digits& step, int ra, int sa) {
+    d.js += step.js;
+    const int cs = d.js >= sa;
+    d.js -= cs * sa;
+    d.jr += step.jr + cs;
+    const int cr = d.jr >= ra;
+    d.jr -= cr * ra;
+    d.k += step.k + cr;
+}
+
+template <int N>
+struct __align__(N * sizeof(ACC_T)) DgVec {
+    ACC_T e[N];
+};
 }  // namespace dgrad_detail
 
 extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
@@ -94,8 +129,8 @@ extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
     int stride_h, int stride_w, int pad_t, int pad_l, int dil_h, int dil_w, int groups)
 {
     using namespace dgrad_detail;
-    __shared__ ACC_T As[2][BK * DG_APITCH];
-    __shared__ ACC_T Bs[2][BK * BN];
+    __shared__ __align__(16) ACC_T As[2][BK * DG_APITCH];
+    __shared__ __align__(16) ACC_T Bs[2][BK * BN];
 
     const int cg = C / groups, kg = K / groups;
     const int phases = stride_h * stride_w;
@@ -135,34 +170,40 @@ extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
     ACC_T a_reg[DG_A_PER_THREAD];
     ACC_T b_reg[DG_B_PER_THREAD];
 
-    auto load_slice = [&](int kb) {
+    // The reduction positions of the next slice to load: A's row kk = tid % BK (every A element of a thread
+    // has it, as BK divides the thread count), B's rows brow0 + t * DG_B_ROWS_STEP. kr < kred is k < kg.
+    const Digits step = digits_of(BK, ph.taps, pw.taps);
+    const int a_kk = tid % BK;
+    Digits a_at = digits_of(a_kk, ph.taps, pw.taps);
+    Digits b_at[DG_B_PER_THREAD];
 #pragma unroll
-        for (int t = 0; t < DG_A_PER_THREAD; ++t) {
-            const int e = tid + t * DG_THREADS;  // element of the BM x BK tile, kr fastest
-            const int m = e / BK, kk = e - (e / BK) * BK;
-            const int kr = kb + kk;
-            ACC_T v = ACC_T(0);
-            if (e < BM * BK && m0 + m < cg && kr < kred) {
-                const int k = kr / taps, rem = kr - (kr / taps) * taps;
-                const int jr = rem / pw.taps, js = rem - (rem / pw.taps) * pw.taps;
-                const int r = ph.r0 + jr * ph.rstep, s = pw.r0 + js * pw.rstep;
-                v = to_acc(wg[((long long)k * cg + m0 + m) * rs + r * S + s]);
+    for (int t = 0; t < DG_B_PER_THREAD; ++t) b_at[t] = digits_of(brow0 + t * DG_B_ROWS_STEP, ph.taps, pw.taps);
+
+    auto load_slice = [&]() {
+        {
+            const int r = ph.r0 + a_at.jr * ph.rstep, s = pw.r0 + a_at.js * pw.rstep;
+            const T* wk = wg + ((long long)a_at.k * cg + m0) * rs + r * S + s;
+#pragma unroll
+            for (int t = 0; t < DG_A_PER_THREAD; ++t) {
+                const int e = tid + t * DG_THREADS;  // element of the BM x BK tile, kr fastest
+                const int m = e / BK;
+                ACC_T v = ACC_T(0);
+                if (e < BM * BK && m0 + m < cg && a_at.k < kg) v = to_acc(wk[(long long)m * rs]);
+                a_reg[t] = v;
             }
-            a_reg[t] = v;
+            advance(a_at, step, ph.taps, pw.taps);
         }
 #pragma unroll
         for (int t = 0; t < DG_B_PER_THREAD; ++t) {
             const int kk = brow0 + t * DG_B_ROWS_STEP;
-            const int kr = kb + kk;
             ACC_T v = ACC_T(0);
-            if (bcol_ok && kk < BK && kr < kred) {
-                const int k = kr / taps, rem = kr - (kr / taps) * taps;
-                const int jr = rem / pw.taps, js = rem - (rem / pw.taps) * pw.taps;
-                const int p = pi - jr * ph.pstep, q = qi - js * pw.pstep;
-                if (p >= 0 && p < P && q >= 0 && q < Q)  // outside: a tap past the output's edge
-                    v = to_acc(dy[dybase + ((long long)k * P + p) * Q + q]);
+            if (bcol_ok && kk < BK && b_at[t].k < kg) {
+                const int p = pi - b_at[t].jr * ph.pstep, q = qi - b_at[t].js * pw.pstep;
+                if ((unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)  // outside: a tap past the edge
+                    v = to_acc(dy[dybase + ((long long)b_at[t].k * P + p) * Q + q]);
             }
             b_reg[t] = v;
+            advance(b_at[t], step, ph.taps, pw.taps);
         }
     };
     auto store_slice = [&](int buf) {
@@ -170,8 +211,8 @@ extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
         for (int t = 0; t < DG_A_PER_THREAD; ++t) {
             const int e = tid + t * DG_THREADS;
             if (e < BM * BK) {
-                const int m = e / BK, kk = e - (e / BK) * BK;
-                As[buf][kk * DG_APITCH + m] = a_reg[t];
+                const int m = e / BK;
+                As[buf][a_kk * DG_APITCH + m] = a_reg[t];
             }
         }
 #pragma unroll
@@ -188,22 +229,31 @@ extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
         for (int j = 0; j < TN; ++j) acc[i][j] = ACC_T(0);
 
     const int nslices = (kred + BK - 1) / BK;
-    load_slice(0);
+    load_slice();
     store_slice(0);
     __syncthreads();
     for (int t = 0; t < nslices; ++t) {
         const int buf = t & 1;
         const bool more = t + 1 < nslices;  // uniform across the block
-        if (more) load_slice((t + 1) * BK);
-        const ACC_T* a_s = As[buf];
-        const ACC_T* b_s = Bs[buf];
+        if (more) load_slice();
+        const ACC_T* a_s = As[buf] + tm * DG_VEC;
+        const ACC_T* b_s = Bs[buf] + tn * DG_VEC;
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             ACC_T av[TM], bv[TN];
 #pragma unroll
-            for (int i = 0; i < TM; ++i) av[i] = a_s[kk * DG_APITCH + tm + i * DG_MT];
+            for (int gi = 0; gi < TM / DG_VEC; ++gi) {
+                const DgVec<DG_VEC> f = *reinterpret_cast<const DgVec<DG_VEC>*>(a_s + kk * DG_APITCH +
+                                                                               gi * DG_MT * DG_VEC);
 #pragma unroll
-            for (int j = 0; j < TN; ++j) bv[j] = b_s[kk * BN + tn + j * DG_NT];
+                for (int v = 0; v < DG_VEC; ++v) av[gi * DG_VEC + v] = f.e[v];
+            }
+#pragma unroll
+            for (int gj = 0; gj < TN / DG_VEC; ++gj) {
+                const DgVec<DG_VEC> f = *reinterpret_cast<const DgVec<DG_VEC>*>(b_s + kk * BN + gj * DG_NT * DG_VEC);
+#pragma unroll
+                for (int v = 0; v < DG_VEC; ++v) bv[gj * DG_VEC + v] = f.e[v];
+            }
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -217,7 +267,7 @@ extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
     // ---- epilogue: column j -> (n, h = a + i*stride_h, w = b + iw*stride_w) ----
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-        const int col = j0 + tn + j * DG_NT;
+        const int col = j0 + (j / DG_VEC) * DG_NT * DG_VEC + tn * DG_VEC + j % DG_VEC;
         if (col >= ncols) continue;
         const int n = col / hw, rem = col - (col / hw) * hw;
         const int i = rem / pw.pixels, iw = rem - (rem / pw.pixels) * pw.pixels;
@@ -225,7 +275,7 @@ extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
                    b + iw * stride_w;
 #pragma unroll
         for (int i2 = 0; i2 < TM; ++i2) {
-            const int m = m0 + tm + i2 * DG_MT;
+            const int m = m0 + (i2 / DG_VEC) * DG_MT * DG_VEC + tm * DG_VEC + i2 % DG_VEC;
             if (m < cg) dxcol[(long long)m * H * W] = from_acc<T>(acc[i2][j]);
         }
     }

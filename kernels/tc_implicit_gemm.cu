@@ -156,48 +156,78 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
     const int kc = tid % TC_CPR;
     const int row0 = tid / TC_CPR;
     constexpr int ROW_STEP = TC_THREADS / TC_CPR;
-    // B rows are output columns: their image, input origin (or "none") are fixed for the whole reduction.
-    int b_img[TC_B_CHUNKS], b_ih[TC_B_CHUNKS], b_iw[TC_B_CHUNKS];
+    // The reduction position kr = (r * S + s) * Cp + c of this thread's chunk column in the next slice to load,
+    // kept as counters that step by BK per slice (slices are loaded in order): divisions here, none in the loop.
+    // rh = r * dil_h and sw = s * dil_w are the tap's input offsets.
+    int ld_kr = kc * TC_VEC;
+    int ld_c = ld_kr % Cp, ld_s = (ld_kr / Cp) % S;
+    int ld_rh = (ld_kr / Cp / S) * dil_h, ld_sw = ld_s * dil_w;
+
+    // Each chunk's source as an offset that every slice advances: A rows (output channels) by BK, into wg;
+    // B rows (output columns) by the step of (rh * W + sw) * Cp + c, the same for all of them, into xg. A B row
+    // keeps its input origin for the bounds test; a column past N*P*Q gets one far outside the image.
+    long long a_pos[TC_A_CHUNKS];
+    bool a_live[TC_A_CHUNKS];
+#pragma unroll
+    for (int i = 0; i < TC_A_CHUNKS; ++i) {
+        const int m = m0 + row0 + i * ROW_STEP;
+        a_live[i] = m < kg;
+        a_pos[i] = (long long)m * kred + ld_kr;
+    }
+    long long b_pos[TC_B_CHUNKS];
+    int b_ih[TC_B_CHUNKS], b_iw[TC_B_CHUNKS];
 #pragma unroll
     for (int i = 0; i < TC_B_CHUNKS; ++i) {
         const int j = j0 + row0 + i * ROW_STEP;
-        b_img[i] = -1;
-        b_ih[i] = 0;
+        b_pos[i] = 0;
+        b_ih[i] = -(1 << 30);
         b_iw[i] = 0;
-        if (row0 + i * ROW_STEP < BN && j < ncols) {
+        if (j < ncols) {
             const int n = j / pq, rem = j - (j / pq) * pq;
             const int p = rem / Q, q = rem - (rem / Q) * Q;
-            b_img[i] = n;
             b_ih[i] = p * stride_h - pad_t;
             b_iw[i] = q * stride_w - pad_l;
+            b_pos[i] = (((long long)n * H + b_ih[i] + ld_rh) * W + b_iw[i] + ld_sw) * Cp + ld_c;
         }
     }
 
-    // Issue the cp.async chunks of the reduction slice starting at kb into buffer `buf`.
-    auto load_slice = [&](int kb, int buf) {
-        const int kr = kb + kc * TC_VEC;
-        const bool k_ok = kr < kred;
-        const int rs = kr / Cp, c = kr - (kr / Cp) * Cp;
-        const int r = rs / S, s = rs - (rs / S) * S;
+    // Issue the cp.async chunks of the next reduction slice into buffer `buf`, then step to the slice after it.
+    auto load_slice = [&](int buf) {
+        const bool k_ok = ld_kr < kred;
 #pragma unroll
         for (int i = 0; i < TC_A_CHUNKS; ++i) {
             const int m = row0 + i * ROW_STEP;
-            if (m < BM) {
-                const bool ok = k_ok && m0 + m < kg;
-                const T* src = ok ? wg + (long long)(m0 + m) * kred + kr : wp;
-                cp_async_16(&As[buf][m * TC_PITCH + kc * TC_VEC], src, ok ? 16 : 0);
+            if (BM % ROW_STEP == 0 || m < BM) {
+                const bool ok = k_ok && a_live[i];
+                cp_async_16(&As[buf][m * TC_PITCH + kc * TC_VEC], ok ? wg + a_pos[i] : wp, ok ? 16 : 0);
             }
+            a_pos[i] += BK;
         }
 #pragma unroll
         for (int i = 0; i < TC_B_CHUNKS; ++i) {
             const int jj = row0 + i * ROW_STEP;
-            if (jj < BN) {
-                const int ih = b_ih[i] + r * dil_h, iw = b_iw[i] + s * dil_w;
-                const bool ok = k_ok && b_img[i] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W;
-                const T* src = ok ? xg + (((long long)b_img[i] * H + ih) * W + iw) * Cp + c : xp;
-                cp_async_16(&Bs[buf][jj * TC_PITCH + kc * TC_VEC], src, ok ? 16 : 0);
+            if (BN % ROW_STEP == 0 || jj < BN) {
+                const bool ok = k_ok && (unsigned)(b_ih[i] + ld_rh) < (unsigned)H &&
+                                (unsigned)(b_iw[i] + ld_sw) < (unsigned)W;
+                cp_async_16(&Bs[buf][jj * TC_PITCH + kc * TC_VEC], ok ? xg + b_pos[i] : xp, ok ? 16 : 0);
             }
         }
+        ld_kr += BK;
+        int step = BK;  // the change of (rh * W + sw) * Cp + c
+        ld_c += BK;
+        while (ld_c >= Cp) {  // at most ceil(BK / Cp) times
+            ld_c -= Cp;
+            ld_sw += dil_w;
+            step += dil_w * Cp - Cp;
+            if (++ld_s == S) {
+                ld_s = 0;
+                step += (dil_h * W - S * dil_w) * Cp;
+                ld_sw = 0;
+                ld_rh += dil_h;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < TC_B_CHUNKS; ++i) b_pos[i] += step;
     };
 
     float acc[TC_MT][TC_NT][4];
@@ -211,7 +241,7 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
     const int nslices = (kred + BK - 1) / BK;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < nslices) load_slice(st * BK, st);
+        if (st < nslices) load_slice(st);
         cp_async_commit();  // an empty group where there is no slice: the wait counts stay uniform
     }
 
@@ -225,7 +255,7 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int next = t + STAGES - 1;
-        if (next < nslices) load_slice(next * BK, next % STAGES);
+        if (next < nslices) load_slice(next % STAGES);
         cp_async_commit();
 
         const T* a_s = As[t % STAGES];

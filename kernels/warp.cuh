@@ -55,9 +55,9 @@ static __device__ __forceinline__ float tf32_round_float(const float v) {
 // ---- shared and global addresses for the asynchronous copies and ldmatrix -----------------------------------
 #if !defined(GPUCONV_EMU)
 static __device__ __forceinline__ unsigned smem_u32(const void* p) {
-    unsigned r;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-    return r;
+    // The builtin, not inline PTX: the compiler knows the pointer is into shared memory and works in 32-bit
+    // shared addresses from the start, instead of building a generic address and converting it at every use.
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 static __device__ __forceinline__ unsigned long long gmem_u64(const void* p) {
     unsigned long long r;

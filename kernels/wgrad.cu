@@ -15,14 +15,18 @@
 // Block:  (BM/TM) * (BN/TN) threads; thread (tm, tn) owns rows tm + i*(BM/TM) and columns tn + j*(BN/TN).
 //
 // Loads: thread tid always loads reduction row kk = tid % BK of each slice (BK divides the thread count), for
-// both operands, so it splits its pixel j = kb + kk into (n, p, q) once per slice; its A elements are rows
-// m = (tid + t*NT) / BK of dy, its B elements columns (tid + t*NT) / BK of cols (a (c, r, s) split each).
+// both operands, its pixel j = kb + kk, kept as (n, p, q) counters that step by BK per slice (slices are loaded
+// in order; no division in the loop); its A elements are rows
+// m = (tid + t*NT) / BK of dy, its B elements columns (tid + t*NT) / BK of cols, fixed for the whole reduction,
+// so their (c, r, s) split and bounds are worked out once, before the loop.
 // Consecutive threads take consecutive pixels: runs of BK consecutive q in dy, and in x at stride 1.
 // Both tiles are staged k-major in shared memory as ACC_T with a pitch of 4 extra elements (the BK threads
-// of a run store to different banks), double-buffered, one barrier per slice; the inner loop is the forward
-// implicit GEMM's (TM + TN shared loads per TM*TN FMAs).
-// Epilogue: consecutive threads store consecutive columns (c, r, s) of dw or of the partial sums: coalesced.
-// Not done: vectorized loads, cp.async, tensor cores.
+// of a run store to different banks), double-buffered, one barrier per slice.
+// Fragments: thread (tm, tn) owns rows gi*(BM/TM)*kAV + tm*kAV + [0, kAV) and columns gj*(BN/TN)*kBV + tn*kBV +
+// [0, kBV), kAV = kBV = one 16-byte vector of ACC_T: every fragment read is a 16-byte shared load (LDS.128),
+// and the threads of a warp read consecutive vectors (no bank conflict), as in the forward implicit GEMM.
+// Epilogue: each thread stores runs of kBV consecutive columns (c, r, s) of dw or of the partial sums.
+// Not done: vectorized global loads, cp.async, tensor cores.
 #include "common.cuh"
 
 #ifndef BM
@@ -51,16 +55,23 @@
 #define WG_BPITCH (BN + 4)
 #define WG_A_PER_THREAD ((BM * BK + WG_THREADS - 1) / WG_THREADS)
 #define WG_B_PER_THREAD ((BN * BK + WG_THREADS - 1) / WG_THREADS)
+#define WG_VEC (16 / (int)sizeof(ACC_T))  // ACC_T per 16-byte fragment read: kAV = kBV
 static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
 static_assert(WG_THREADS % BK == 0, "each thread loads one fixed reduction row: BK must divide the thread count");
+static_assert(TM % WG_VEC == 0 && TN % WG_VEC == 0, "thread tiles are made of 16-byte groups");
+
+template <int N>
+struct __align__(N * sizeof(ACC_T)) WgVec {
+    ACC_T e[N];
+};
 
 extern "C" __global__ __launch_bounds__(WG_THREADS) void wgrad_split_k(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dw, ACC_T* __restrict__ partial,
     int N, int C, int H, int W, int K, int P, int Q, int R, int S,
     int stride_h, int stride_w, int pad_t, int pad_l, int dil_h, int dil_w, int groups, int splits, int chunk)
 {
-    __shared__ ACC_T As[2][BK * WG_APITCH];
-    __shared__ ACC_T Bs[2][BK * WG_BPITCH];
+    __shared__ __align__(16) ACC_T As[2][BK * WG_APITCH];
+    __shared__ __align__(16) ACC_T Bs[2][BK * WG_BPITCH];
 
     const int cg = C / groups, kg = K / groups;
     const int rs = R * S;
@@ -82,19 +93,36 @@ extern "C" __global__ __launch_bounds__(WG_THREADS) void wgrad_split_k(
     ACC_T a_reg[WG_A_PER_THREAD];
     ACC_T b_reg[WG_B_PER_THREAD];
 
-    auto load_slice = [&](int kb) {
-        const int j = kb + kk;
-        const bool ok = j < kend;
+    // This thread's B columns (c, r, s) never change: their channel offset in an image's group and tap offsets,
+    // or a column outside the tile or past Cg*R*S.
+    long long b_coff[WG_B_PER_THREAD];
+    int b_dh[WG_B_PER_THREAD], b_dw[WG_B_PER_THREAD];
+    bool b_live[WG_B_PER_THREAD];
+#pragma unroll
+    for (int t = 0; t < WG_B_PER_THREAD; ++t) {
+        const int col = n0 + e0 + t * kStep;
+        b_live[t] = e0 + t * kStep < BN && col < ncols;
+        const int c = col / rs, rem = col - (col / rs) * rs;
+        const int r = rem / S, s = rem - (rem / S) * S;
+        b_coff[t] = (long long)c * H * W;
+        b_dh[t] = r * dil_h;
+        b_dw[t] = s * dil_w;
+    }
+
+    int ld_j = kbeg + kk;  // the pixel of the next slice to load, and its (n, p, q), rem = p * Q + q
+    int ld_n = ld_j / pq, ld_rem = ld_j - ld_n * pq;
+    int ld_p = ld_rem / Q, ld_q = ld_rem - ld_p * Q;
+
+    auto load_slice = [&]() {
+        const bool ok = ld_j < kend;
         int ih0 = 0, iw0 = 0;
         const T* dyp = dy;
         const T* xp = x;
         if (ok) {
-            const int n = j / pq, rem = j - (j / pq) * pq;
-            const int p = rem / Q, q = rem - (rem / Q) * Q;
-            ih0 = p * stride_h - pad_t;
-            iw0 = q * stride_w - pad_l;
-            dyp = dy + ((long long)n * K + (long long)g * kg) * pq + rem;
-            xp = x + ((long long)n * C + (long long)g * cg) * H * W;
+            ih0 = ld_p * stride_h - pad_t;
+            iw0 = ld_q * stride_w - pad_l;
+            dyp = dy + ((long long)ld_n * K + (long long)g * kg) * pq + ld_rem;
+            xp = x + ((long long)ld_n * C + (long long)g * cg) * H * W;
         }
 #pragma unroll
         for (int t = 0; t < WG_A_PER_THREAD; ++t) {
@@ -103,16 +131,22 @@ extern "C" __global__ __launch_bounds__(WG_THREADS) void wgrad_split_k(
         }
 #pragma unroll
         for (int t = 0; t < WG_B_PER_THREAD; ++t) {
-            const int col = n0 + e0 + t * kStep;
+            const int ih = ih0 + b_dh[t], iw = iw0 + b_dw[t];
             ACC_T v = ACC_T(0);
-            if (ok && e0 + t * kStep < BN && col < ncols) {
-                const int c = col / rs, rem = col - (col / rs) * rs;
-                const int r = rem / S, s = rem - (rem / S) * S;
-                const int ih = ih0 + r * dil_h, iw = iw0 + s * dil_w;
-                if (ih >= 0 && ih < H && iw >= 0 && iw < W)  // outside: zero padding
-                    v = to_acc(xp[((long long)c * H + ih) * W + iw]);
-            }
+            if (ok && b_live[t] && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)  // else zero padding
+                v = to_acc(xp[b_coff[t] + (long long)ih * W + iw]);
             b_reg[t] = v;
+        }
+        ld_j += BK;
+        ld_q += BK;
+        ld_rem += BK;
+        while (ld_q >= Q) {  // at most ceil(BK / Q) times
+            ld_q -= Q;
+            if (++ld_p == P) {
+                ld_p = 0;
+                ++ld_n;
+                ld_rem -= pq;
+            }
         }
     };
     auto store_slice = [&](int buf) {
@@ -135,22 +169,32 @@ extern "C" __global__ __launch_bounds__(WG_THREADS) void wgrad_split_k(
         for (int j = 0; j < TN; ++j) acc[i][j] = ACC_T(0);
 
     const int nslices = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
-    load_slice(kbeg);
+    load_slice();
     store_slice(0);
     __syncthreads();
     for (int t = 0; t < nslices; ++t) {
         const int buf = t & 1;
         const bool more = t + 1 < nslices;  // uniform across the block
-        if (more) load_slice(kbeg + (t + 1) * BK);
-        const ACC_T* a_s = As[buf];
-        const ACC_T* b_s = Bs[buf];
+        if (more) load_slice();
+        const ACC_T* a_s = As[buf] + tm * WG_VEC;
+        const ACC_T* b_s = Bs[buf] + tn * WG_VEC;
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
             ACC_T av[TM], bv[TN];
 #pragma unroll
-            for (int i = 0; i < TM; ++i) av[i] = a_s[k * WG_APITCH + tm + i * WG_MT];
+            for (int gi = 0; gi < TM / WG_VEC; ++gi) {
+                const WgVec<WG_VEC> f = *reinterpret_cast<const WgVec<WG_VEC>*>(a_s + k * WG_APITCH +
+                                                                               gi * WG_MT * WG_VEC);
 #pragma unroll
-            for (int j = 0; j < TN; ++j) bv[j] = b_s[k * WG_BPITCH + tn + j * WG_NT];
+                for (int v = 0; v < WG_VEC; ++v) av[gi * WG_VEC + v] = f.e[v];
+            }
+#pragma unroll
+            for (int gj = 0; gj < TN / WG_VEC; ++gj) {
+                const WgVec<WG_VEC> f = *reinterpret_cast<const WgVec<WG_VEC>*>(b_s + k * WG_BPITCH +
+                                                                               gj * WG_NT * WG_VEC);
+#pragma unroll
+                for (int v = 0; v < WG_VEC; ++v) bv[gj * WG_VEC + v] = f.e[v];
+            }
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -165,12 +209,12 @@ extern "C" __global__ __launch_bounds__(WG_THREADS) void wgrad_split_k(
     const long long split_off = (long long)split * K * ncols;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int m = m0 + tm + i * WG_MT;
+        const int m = m0 + (i / WG_VEC) * WG_MT * WG_VEC + tm * WG_VEC + i % WG_VEC;
         if (m >= kg) continue;
         const long long row = (long long)(g * kg + m) * ncols;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const int col = n0 + tn + j * WG_NT;
+            const int col = n0 + (j / WG_VEC) * WG_NT * WG_VEC + tn * WG_VEC + j % WG_VEC;
             if (col >= ncols) continue;
             if (splits == 1)
                 dw[row + col] = from_acc<T>(acc[i][j]);
