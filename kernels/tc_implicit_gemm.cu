@@ -251,6 +251,7 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
     const int a_row = wm0 + (lane % 16), a_koff = (lane / 16) * TC_VEC;
     const int b_row = wn0 + (lane % 8) + 8 * (lane / 16), b_koff = ((lane / 8) % 2) * TC_VEC;
 
+#pragma unroll 2  // two slices per iteration: fewer loop instructions per mma
     for (int t = 0; t < nslices; ++t) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();

@@ -17,7 +17,8 @@ counters stepped per slice, 62.3% and 70.6%, and 42.7% and 46.7%.
 The tensor-core kernel's loop (the float16 heuristic's 128 x 128 x 32 tile of 2 x 4 warps, two stages) issued 32
 HMMA among 358 instructions per slice (8.9%) when every slice divided its reduction index into (r, s, c) and
 built generic addresses for every ``ldmatrix`` and ``cp.async``; with counters stepped per slice, per-chunk
-offsets advanced in place and shared addresses from ``__cvta_generic_to_shared``, 32 among 176 (18.2%). An
+offsets advanced in place and shared addresses from ``__cvta_generic_to_shared``, 32 among 176 (18.2%); with
+two slices per iteration (the loop unrolled twice, so the buffer of each is known), 64 among 307 (20.8%). An
 ``mma.m16n8k16`` takes the tensor core of an SM sub-partition 4 cycles on an H100 (2048 multiply-adds each),
 so a quarter of issued instructions is what keeps it busy.
 """
@@ -41,8 +42,8 @@ from gpuconv.problem import make_problem
 
 #: The main loop's FFMA share must stay above this (what the kernel reaches, less a margin for compiler versions).
 MIN_FFMA_SHARE = 0.74
-#: The same for the tensor-core kernel's HMMA share (18.2% measured).
-MIN_HMMA_SHARE = 0.16
+#: The same for the tensor-core kernel's HMMA share (20.8% measured).
+MIN_HMMA_SHARE = 0.19
 #: The gradient kernels' FFMA floors at their largest tile and at their defaults (measured: dgrad 62.3% and 42.7%,
 #: wgrad 70.6% and 46.7%).
 MIN_GRAD_SHARES = {"dgrad": (0.60, 0.40), "wgrad": (0.68, 0.44)}
@@ -182,7 +183,8 @@ def test_tc_implicit_gemm_main_loop_issues_hmma(tmp_path: Path) -> None:
     print(f"\ntc_implicit_gemm {params} float16 main loop: {hmma} HMMA of {len(body)} instructions ({share:.1%}); "
           f"{dict(ops.most_common(12))}")
     warp_tile = params["BM"] // params["WM"] * params["BN"] // params["WN"]
-    assert hmma == warp_tile // (16 * 8) * params["BK"] // 16, "one HMMA per 16 x 8 x 16 of the warp tile per slice"
+    assert hmma % (warp_tile // (16 * 8) * params["BK"] // 16) == 0, \
+        "one HMMA per 16 x 8 x 16 of the warp tile, a whole number of slices per iteration"
     assert share >= MIN_HMMA_SHARE, f"the main loop's HMMA share fell to {share:.1%}: {dict(ops)}"
     assert any(op.startswith("LDSM") for op in ops), "fragments must come from ldmatrix"
     assert not {op for op in ops if op.startswith(("I2F", "MUFU", "LDL", "STL"))}, \
