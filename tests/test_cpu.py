@@ -228,14 +228,18 @@ def test_noncontiguous_through_public_api() -> None:
     assert_matches(out, _reference(case, "float64"), case.problem("float64"))
 
 
-def test_im2col_chunks_large_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+# chunk=8 units of `unit` bytes; the case has 4 * 3 * 3 = 36 column rows, of 9 x 9 columns per image (compact)
+# or 9 x 11 (wide).
+@pytest.mark.parametrize("unit", [2 * 36 * 81 * 4 // 8,   # images in chunks of 2, 2, 1 (compact), one at a time (wide)
+                                  36 * 4 * 9 * 4 // 8,    # blocks of 4, 4, 1 rows of one image (wide: 3, 3, 3)
+                                  1])                     # one row at a time
+def test_im2col_chunks(unit: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from gpuconv.cpu import im2col
 
     case = Case((5, 4, 9, 9), (6, 2, 3, 3), groups=2, padding=1)
-    per_image = 4 * 9 * 9 * 9 * 4
-    monkeypatch.setattr(im2col, "COLS_BUDGET_BYTES", 2 * per_image)  # chunks of 2, 2, 1 images
+    monkeypatch.setattr(im2col, "CHUNK_UNIT", unit)
     for wide in (0, 1):
-        assert_matches(_run("im2col", {"wide": wide}, case, "float32"), _reference(case, "float32"),
+        assert_matches(_run("im2col", {"wide": wide, "chunk": 8}, case, "float32"), _reference(case, "float32"),
                        case.problem("float32"))
 
 
@@ -358,7 +362,8 @@ def test_demo_checks_and_times_every_strategy(capsys: pytest.CaptureFixture[str]
     x, w = demo._inputs(problem)
     errors = demo.check(problem, x, w)
     labels = {c.label for c in demo.contenders(problem, x, w, peers=False)}
-    assert set(errors) == labels and {"im2col wide=0", "im2col wide=1", "direct wide=0", "fft"} <= labels
+    assert set(errors) == labels
+    assert {"im2col chunk=8 wide=0", "im2col chunk=32 wide=1", "direct wide=0", "fft"} <= labels
     assert max(errors.values()) < 1e-5
     times = demo.time_round_robin(demo.contenders(problem, x, w), repeat=2, warmup=1, settle_s=0)
     assert set(times) >= labels and all(t > 0 for t in times.values())
@@ -371,9 +376,10 @@ def test_demo_rejects_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
     problem = Case((1, 4, 9, 9), (4, 4, 3, 3), padding=1, bias=False).problem()
     x, w = demo._inputs(problem)
     monkeypatch.setitem(STRATEGIES, "im2col", STRATEGIES["im2col"].__class__(
-        "im2col", lambda p, x, w, **kw: im2col.im2col(p, x, w, **kw) * 1.001, space={"wide": (0, 1)},
-        defaults={"wide": 0}))
-    with pytest.raises(AssertionError, match=r"demo: .*im2col wide=\d.* differs from the reference"):
+        "im2col", lambda p, x, w, **kw: im2col.im2col(p, x, w, **kw) * 1.001,
+        space={"wide": (0, 1), "chunk": im2col.CHUNKS},
+        defaults={"wide": 0, "chunk": im2col.DEFAULT_CHUNK}))
+    with pytest.raises(AssertionError, match=r"demo: .*im2col chunk=\d+ wide=\d.* differs from the reference"):
         demo.check(problem, x, w)
 
 
@@ -411,7 +417,7 @@ def test_threads_use_their_own_scratch() -> None:
     case = Case((2, 16, 20, 20), (16, 16, 3, 3), padding=1)
     problem = case.problem("float32")
     inputs = [random_inputs(case, "float32", seed=s) for s in range(8)]
-    plan = Plan("im2col", {"wide": 1})
+    plan = Plan("im2col", {"wide": 1, "chunk": 8})
     expected = [cpu.execute(problem, plan, *xwb) for xwb in inputs]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(5):

@@ -55,6 +55,23 @@ def test_every_variant_matches_torch_autograd(case: Case, direction: str) -> Non
                 assert_matches(cpu.execute(problem, Plan(name, params, "forced"), a, b, None), expected, problem)
 
 
+@pytest.mark.parametrize("unit", [3 * 36 * 49 * 4 // 8,   # chunks of 3 images (per_image=0 and 1)
+                                  36 * 3 * 7 * 4 // 8,    # one image at a time; per_image=1 in blocks of 3, 3, 1 rows
+                                  1])                     # one row at a time
+@pytest.mark.parametrize("groups", [1, 2])
+def test_weight_im2col_chunks(unit: int, groups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuconv.cpu import grad_weight
+
+    # 4 input channels of 3 x 3 taps (36 column rows) and 7 x 7 outputs per image; chunk=8 units of `unit` bytes.
+    case = Case((7, 4, 9, 9), (6, 4 // groups, 3, 3), padding=0, groups=groups)
+    monkeypatch.setattr(grad_weight, "CHUNK_UNIT", unit)
+    a, b, expected = gradient_case(case, "float32", "weight")
+    problem = gradient_problem_of(case, "float32", "weight")
+    for per_image in (0, 1):
+        plan = Plan("im2col", {"per_image": per_image, "chunk": 8}, "forced")
+        assert_matches(cpu.execute(problem, plan, a, b, None), expected, problem)
+
+
 @pytest.mark.parametrize("direction,case", sample_product(["input", "weight"], GRAD_CASES, limit=12, seed=3),
                          ids=str)
 def test_float16_gradients(case: Case, direction: str) -> None:

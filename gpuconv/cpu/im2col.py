@@ -1,8 +1,12 @@
-"""im2col + GEMM: one copy of every receptive field into a column matrix, one batched BLAS matmul.
+"""im2col + GEMM: one copy of every receptive field into a column matrix, one batched BLAS matmul per chunk.
 
 Per image and group the product is ``W (K/G x C/G*R*S) @ cols (C/G*R*S x P*Q)``, so the result lands as
 ``(N, G, K/G, P*Q)``, which *is* the NCHW output: no transpose afterwards. Groups and images are batch
 dimensions of a single ``np.matmul`` (the weight broadcast over images).
+
+The column matrix is built and multiplied a chunk at a time, of at most ``chunk`` MiB: whole images where one
+fits, else rows of output of one image (the product of a row block lands in its own columns of the output).
+A chunk the size of the caches is read back by the GEMM from there instead of from memory.
 """
 
 from __future__ import annotations
@@ -15,12 +19,18 @@ import numpy as np
 from ..problem import ConvProblem
 from . import _scratch, _views
 
-# Bound on the column matrix: larger batches are processed in chunks of whole images so that a big batch
-# does not allocate R*S times its input at once. One chunk covers the usual inference and training sizes.
-COLS_BUDGET_BYTES = 256 * 2**20
+#: The tunable chunk of the column matrix, in units of :data:`CHUNK_UNIT` (MiB); the heuristic's is
+#: :data:`DEFAULT_CHUNK`. On a 2-core Intel Xeon (2 MiB of L2 per core) 8 MiB was fastest or within 10% of it on
+#: VGG-16, U-Net and ResNet-50 layers (2, 8, 32 and 256 timed, single images of 18-110 MiB of columns and batches
+#: of 1.7-7 MiB per image): 0.58x the time of one 110 MiB column matrix on VGG's 64-channel 224x224 layer, 0.64x on
+#: ResNet-50's res2 3x3 at batch 8, 0.76x on its 7x7 stem; 32 MiB won by 11% on a 512-channel 28x28 layer.
+CHUNKS = (8, 32)
+DEFAULT_CHUNK = 8
+CHUNK_UNIT = 2**20
 
 
-def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0) -> np.ndarray:
+def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0,
+           chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     """Convolve by im2col + GEMM.
 
     Args:
@@ -30,6 +40,8 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
         wide: use the wide layout of :mod:`gpuconv.cpu._views` (phased at strides above 1): the column matrix
             is copied in runs of ``P * Wp`` instead of ``Q`` elements, at the price of ``Wp - Q`` junk output
             columns.
+        chunk: the column matrix is built and multiplied in chunks of at most this many MiB (whole images, or
+            rows of one image; at least one row).
 
     Returns:
         ``(N, K, P, Q)`` in the compute dtype.
@@ -46,21 +58,44 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0)
         taps = _views.compact_taps(problem, _views.padded(problem, x))       # N, C, R, S, P, Q
     n, spatial = problem.n, taps.shape[4:]
     length = math.prod(spatial)
+    budget = chunk * CHUNK_UNIT
     per_image = problem.c * problem.r * problem.s * length * x.itemsize
-    chunk = max(1, min(n, COLS_BUDGET_BYTES // per_image))
     y = np.empty((n, g, kg, length), x.dtype)
-    cols = _scratch.empty("cols", (chunk, problem.c, problem.r, problem.s, *spatial), x.dtype)
-    for i in range(0, n, chunk):
-        m = min(chunk, n - i)
-        if isinstance(taps, _Phased):
-            taps.copy_to(cols[:m], i)
-        else:
-            np.copyto(cols[:m], taps[i:i + m])
-        np.matmul(wm, cols[:m].reshape(m, g, problem.reduction, length), out=y[i:i + m])
+    if per_image > budget and not isinstance(taps, _Phased):
+        _row_chunks(problem, taps, wm, y, budget)
+    else:
+        images = max(1, min(n, budget // max(per_image, 1)))
+        cols = _scratch.empty("cols", (images, problem.c, problem.r, problem.s, *spatial), x.dtype)
+        for i in range(0, n, images):
+            m = min(images, n - i)
+            if isinstance(taps, _Phased):
+                taps.copy_to(cols[:m], i)
+            else:
+                np.copyto(cols[:m], taps[i:i + m])
+            np.matmul(wm, cols[:m].reshape(m, g, problem.reduction, length), out=y[i:i + m])
     y = y.reshape(n, problem.k, length)
     if wide:
         return _views.narrow(problem, y, pitch)
     return y.reshape(n, problem.k, problem.p, problem.q)
+
+
+def _row_chunks(problem: ConvProblem, taps: np.ndarray, wm: np.ndarray, y: np.ndarray, budget: int) -> None:
+    """``y (N, G, K/G, L) = wm @ cols`` one image and block of output rows at a time, each block's columns
+    within ``budget`` bytes (at least one row). ``taps`` is ``(N, C, R, S, P, Q)`` (compact) or
+    ``(N, C, R, S, P * Wp)`` (wide, whose rows are ``Wp`` long)."""
+    g, red, crs = problem.groups, problem.reduction, problem.c * problem.r * problem.s  # crs = g * red
+    row = taps.shape[5] if taps.ndim == 6 else taps.shape[4] // problem.p    # one output row's columns
+    rows = max(1, budget // (crs * row * y.itemsize))
+    cols = _scratch.empty("cols", (crs * min(rows, problem.p) * row,), y.dtype)
+    for i in range(problem.n):
+        for r0 in range(0, problem.p, rows):
+            r1 = min(problem.p, r0 + rows)
+            block = cols[:crs * (r1 - r0) * row]
+            if taps.ndim == 6:
+                np.copyto(block.reshape(*taps.shape[1:4], r1 - r0, row), taps[i, :, :, :, r0:r1])
+            else:
+                np.copyto(block.reshape(*taps.shape[1:4], (r1 - r0) * row), taps[i, ..., r0 * row:r1 * row])
+            np.matmul(wm, block.reshape(g, red, (r1 - r0) * row), out=y[i, :, :, r0 * row:r1 * row])
 
 
 class _Phased:
@@ -77,7 +112,8 @@ class _Phased:
                 np.copyto(cols[:, :, r, s], view[i:i + cols.shape[0]])
 
 
-def prepare(problem: ConvProblem, *, wide: int = 0) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def prepare(problem: ConvProblem, *, wide: int = 0,
+            chunk: int = DEFAULT_CHUNK) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """:func:`im2col` with everything that depends only on the problem worked out once.
 
     On a small problem the Python around the GEMM is most of the time: this runner builds the receptive-field
@@ -87,7 +123,7 @@ def prepare(problem: ConvProblem, *, wide: int = 0) -> Callable[[np.ndarray, np.
     n, g, kg = problem.n, problem.groups, problem.kg
     per_image = problem.c * problem.r * problem.s * problem.p * problem.q
     if wide or per_image * n * 8 > 2**20:  # large problems: the Python around the GEMM does not matter
-        return lambda x, w: im2col(problem, x, w, wide=wide)
+        return lambda x, w: im2col(problem, x, w, wide=wide, chunk=chunk)
     (st_h, st_w), (dh, dw) = problem.stride, problem.dilation
     hp, wp = _views.padded_size(problem)
     pads = any(problem.padding)
