@@ -12,9 +12,9 @@ that do not on sm_90: 153 of the direct kernel (no rule on its tunables separate
 they are listed here too), 8 of gemm (among them the float32 128 x 128 x 8 tile of 8 x 8, the former default), 9 of
 implicit_gemm, 13 of tc_implicit_gemm, 5 of dgrad and 3 of wgrad. The tc_implicit_gemm, dgrad and wgrad entries were
 measured again, over every point of their spaces, after their main loops were rewritten (reduction counters,
-per-chunk offsets; contiguous fragments for the gradients; the tensor-core loop unrolled twice): 1,570 binaries for
-both architectures, 21 spilling 4-48 bytes (4 tensor-core ones, all on sm_80, where there had been 27; 11 of dgrad
-and 6 of wgrad). A tile listed for either architecture leaves the space. ``tests/test_cuda_spills.py`` checks that
+per-chunk offsets; contiguous fragments for the gradients; the tensor-core loop unrolled twice), for both
+architectures: 21 binaries spilling 4-48 bytes (4 tensor-core ones, all on sm_80, where 27 tile-dtype pairs had been
+listed; 11 of dgrad and 6 of wgrad). A tile listed for either architecture leaves the space. ``tests/test_cuda_spills.py`` checks that
 no point left in any space spills on either, so a kernel change that makes a new point spill fails there and the
 sweep names it.
 """
