@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 
 from gpuconv.cuda import dgrad, implicit_gemm, tc_implicit_gemm, wgrad
-from gpuconv.cuda.occupancy import DEFAULT_DEVICE
 from gpuconv.cuda.compile import compile_ptx
+from gpuconv.cuda.occupancy import DEFAULT_DEVICE
 from gpuconv.cuda.source import render
 from gpuconv.problem import make_problem
 

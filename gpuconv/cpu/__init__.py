@@ -207,9 +207,9 @@ def _winograd_pays(problem: ConvProblem) -> bool:
 
     The thresholds are data (``gpuconv/cpu/winograd_rules.json``), fitted to a grid of 3x3 layers timed on a
     quiet 2-core Intel Xeon (AVX-512; load 0.4-1.6; against im2col in 8 MiB column chunks) by
-    ``python -m benchmarks.winograd_grid``; :func:`gpuconv.cpu.winograd.preferred_tile` applies them. Few tiles lose: each of the 36 (16) products then
-    reads a transformed filter as large as 4x (1.8x) the weights for a handful of rows (ResNet-50 res5, 512
-    channels at 7x7 and batch 1).
+    ``python -m benchmarks.winograd_grid``; :func:`gpuconv.cpu.winograd.preferred_tile` applies them. Few tiles
+    lose: each of the 36 (16) products then reads a transformed filter as large as 4x (1.8x) the weights for a
+    handful of rows (ResNet-50 res5, 512 channels at 7x7 and batch 1).
     """
     return _winograd.preferred_tile(problem) is not None
 

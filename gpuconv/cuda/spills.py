@@ -14,9 +14,9 @@ implicit_gemm, 13 of tc_implicit_gemm, 5 of dgrad and 3 of wgrad. The tc_implici
 measured again, over every point of their spaces, after their main loops were rewritten (reduction counters,
 per-chunk offsets; contiguous fragments for the gradients; the tensor-core loop unrolled twice), for both
 architectures: 21 binaries spilling 4-48 bytes (4 tensor-core ones, all on sm_80, where 27 tile-dtype pairs had been
-listed; 11 of dgrad and 6 of wgrad). A tile listed for either architecture leaves the space. ``tests/test_cuda_spills.py`` checks that
-no point left in any space spills on either, so a kernel change that makes a new point spill fails there and the
-sweep names it.
+listed; 11 of dgrad and 6 of wgrad). A tile listed for either architecture leaves the space.
+``tests/test_cuda_spills.py`` checks that no point left in any space spills on either, so a kernel change that makes
+a new point spill fails there and the sweep names it.
 """
 
 from __future__ import annotations
