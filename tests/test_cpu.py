@@ -234,13 +234,15 @@ def test_noncontiguous_through_public_api() -> None:
                                   36 * 4 * 9 * 4 // 8,    # blocks of 4, 4, 1 rows of one image (wide: 3, 3, 3)
                                   1])                     # one row at a time
 def test_im2col_chunks(unit: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpuconv.cpu import im2col
+    from gpuconv.cpu import _views, im2col
 
-    case = Case((5, 4, 9, 9), (6, 2, 3, 3), groups=2, padding=1)
-    monkeypatch.setattr(im2col, "CHUNK_UNIT", unit)
+    # The strategy function itself: a problem this small takes prepare's unchunked fast path.
+    case = Case((5, 4, 9, 9), (6, 2, 3, 3), groups=2, padding=1, bias=False)
+    problem = case.problem("float32")
+    x, w, _ = random_inputs(case, "float32")
+    monkeypatch.setattr(_views, "CHUNK_UNIT", unit)
     for wide in (0, 1):
-        assert_matches(_run("im2col", {"wide": wide, "chunk": 8}, case, "float32"), _reference(case, "float32"),
-                       case.problem("float32"))
+        assert_matches(im2col.im2col(problem, x, w, wide=wide, chunk=8), _reference(case, "float32"), problem)
 
 
 # ---- NaN and Inf: exactly where PyTorch puts them --------------------------------------------------------
@@ -371,14 +373,14 @@ def test_demo_checks_and_times_every_strategy(capsys: pytest.CaptureFixture[str]
 
 def test_demo_rejects_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
     from gpuconv import demo
-    from gpuconv.cpu import im2col
+    from gpuconv.cpu import _views, im2col
 
     problem = Case((1, 4, 9, 9), (4, 4, 3, 3), padding=1, bias=False).problem()
     x, w = demo._inputs(problem)
     monkeypatch.setitem(STRATEGIES, "im2col", STRATEGIES["im2col"].__class__(
         "im2col", lambda p, x, w, **kw: im2col.im2col(p, x, w, **kw) * 1.001,
-        space={"wide": (0, 1), "chunk": im2col.CHUNKS},
-        defaults={"wide": 0, "chunk": im2col.DEFAULT_CHUNK}))
+        space={"wide": (0, 1), "chunk": _views.COLUMN_CHUNKS},
+        defaults={"wide": 0, "chunk": _views.DEFAULT_COLUMN_CHUNK}))
     with pytest.raises(AssertionError, match=r"demo: .*im2col chunk=\d+ wide=\d.* differs from the reference"):
         demo.check(problem, x, w)
 

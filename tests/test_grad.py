@@ -60,11 +60,11 @@ def test_every_variant_matches_torch_autograd(case: Case, direction: str) -> Non
                                   1])                     # one row at a time
 @pytest.mark.parametrize("groups", [1, 2])
 def test_weight_im2col_chunks(unit: int, groups: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpuconv.cpu import grad_weight
+    from gpuconv.cpu import _views
 
     # 4 input channels of 3 x 3 taps (36 column rows) and 7 x 7 outputs per image; chunk=8 units of `unit` bytes.
     case = Case((7, 4, 9, 9), (6, 4 // groups, 3, 3), padding=0, groups=groups)
-    monkeypatch.setattr(grad_weight, "CHUNK_UNIT", unit)
+    monkeypatch.setattr(_views, "CHUNK_UNIT", unit)
     a, b, expected = gradient_case(case, "float32", "weight")
     problem = gradient_problem_of(case, "float32", "weight")
     for per_image in (0, 1):

@@ -53,8 +53,8 @@ _WIDE = dict(space={"wide": (0, 1)}, defaults={"wide": 0})
 STRATEGIES: dict[str, Strategy[CpuRun]] = {
     s.name: s
     for s in (
-        Strategy("im2col", _im2col.im2col, space={"wide": (0, 1), "chunk": _im2col.CHUNKS},
-                 defaults={"wide": 0, "chunk": _im2col.DEFAULT_CHUNK}, prepare=_im2col.prepare),
+        Strategy("im2col", _im2col.im2col, space={"wide": (0, 1), "chunk": _views.COLUMN_CHUNKS},
+                 defaults={"wide": 0, "chunk": _views.DEFAULT_COLUMN_CHUNK}, prepare=_im2col.prepare),
         Strategy("direct", _direct.direct, **_WIDE),
         Strategy("fft", _fft.fft),
         Strategy("depthwise", _depthwise.depthwise, _depthwise.supports, "groups == C (one input channel per group)",
@@ -94,8 +94,8 @@ INPUT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
 WEIGHT_STRATEGIES: dict[str, Strategy[CpuRun]] = {
     s.name: s
     for s in (
-        Strategy("im2col", _grad_weight.im2col, space={"per_image": (0, 1), "chunk": _grad_weight.CHUNKS},
-                 defaults={"per_image": 0, "chunk": _grad_weight.DEFAULT_CHUNK}),
+        Strategy("im2col", _grad_weight.im2col, space={"per_image": (0, 1), "chunk": _views.COLUMN_CHUNKS},
+                 defaults={"per_image": 0, "chunk": _views.DEFAULT_COLUMN_CHUNK}),
         Strategy("direct", _grad_weight.direct),
         Strategy("winograd", _weight_winograd, _winograd.supports_3x3, _winograd.REQUIRES_3X3,
                  space=_grad_weight_winograd.SPACE, defaults=_grad_weight_winograd.DEFAULTS),
@@ -142,7 +142,7 @@ _RULES: list[tuple[str, Callable[[ConvProblem], bool], Callable[[ConvProblem], d
     ("fft", lambda p: p.r * p.s >= 25 and _fft_pays(p), _no_params),
     ("winograd", lambda p: _winograd_pays(p), lambda p: _winograd.heuristic_params(p)),
     ("direct", _cols_too_large, _wide),
-    ("im2col", lambda p: True, lambda p: {**_wide(p), "chunk": _im2col.DEFAULT_CHUNK}),
+    ("im2col", lambda p: True, lambda p: {**_wide(p), "chunk": _views.DEFAULT_COLUMN_CHUNK}),
 ]
 
 
@@ -178,7 +178,7 @@ _DIRECTION_RULES = {
     "weight": [("winograd", _grad_weight_winograd.pays, _grad_weight_winograd.heuristic_params),
                ("direct", _weight_cols_too_large, _no_params),
                ("im2col", lambda p: True,
-                lambda p: {"per_image": int(p.p * p.q >= 512), "chunk": _grad_weight.DEFAULT_CHUNK})],
+                lambda p: {"per_image": int(p.p * p.q >= 512), "chunk": _views.DEFAULT_COLUMN_CHUNK})],
 }
 
 

@@ -17,10 +17,6 @@ import numpy as np
 from ..problem import ConvProblem
 from . import _views
 
-#: The tunable chunk of the column matrix in units of :data:`CHUNK_UNIT` (MiB), and the heuristic's.
-CHUNKS = (8, 32)
-DEFAULT_CHUNK = 8
-CHUNK_UNIT = 2**20
 #: Where the heuristic goes from ``im2col`` to ``direct``: a column matrix of the whole batch above this (bytes).
 COLS_BUDGET_BYTES = 256 * 2**20
 
@@ -33,7 +29,7 @@ def _dy_by_group(problem: ConvProblem, dy: np.ndarray, start: int, stop: int) ->
 
 
 def im2col(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, *, per_image: int = 0,
-           chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+           chunk: int = _views.DEFAULT_COLUMN_CHUNK) -> np.ndarray:
     """``dw`` by a GEMM of ``dy`` with the column matrix of ``x``, chunked over the batch.
 
     ``per_image=0`` copies the columns of a chunk image-minor, ``(G, C/G*R*S, m*P*Q)``, for one GEMM per group
@@ -42,7 +38,7 @@ def im2col(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, *, per_image: in
     where ``P*Q`` alone is a long enough reduction), in blocks of output rows where one image's columns exceed
     ``chunk`` MiB.
     """
-    budget = chunk * CHUNK_UNIT
+    budget = _views.column_budget(chunk)
     if per_image:
         return _im2col_per_image(problem, x, dy, budget)
     n, g, cg, kg = problem.n, problem.groups, problem.cg, problem.kg
@@ -71,8 +67,12 @@ def _im2col_per_image(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, budge
         return dw.reshape(problem.k, cg, 1, 1)
     taps = _views.compact_taps(problem, _views.padded(problem, x))      # N, C, R, S, P, Q
     per_image_bytes = problem.c * problem.r * problem.s * pq * x.itemsize
-    if per_image_bytes > budget:
-        return _im2col_rows(problem, taps, dy, budget)
+    if per_image_bytes > budget:  # blocks of rows of one image
+        dw = np.zeros((g, kg, problem.reduction), x.dtype)
+        for i, c0, c1, block in _views.row_blocks(problem, taps, budget):
+            d = dy[i].reshape(g, kg, pq)[:, :, c0:c1]
+            dw += np.matmul(d, block.reshape(g, problem.reduction, c1 - c0).transpose(0, 2, 1))
+        return dw.reshape(problem.k, cg, problem.r, problem.s)
     chunk = max(1, min(n, budget // max(per_image_bytes, 1)))
     dw = np.zeros((g, kg, problem.reduction), x.dtype)
     cols = np.empty((chunk, g, cg, problem.r, problem.s, problem.p, problem.q), x.dtype)
@@ -82,24 +82,6 @@ def _im2col_per_image(problem: ConvProblem, x: np.ndarray, dy: np.ndarray, budge
         cm = cols[:m].reshape(m, g, problem.reduction, pq)
         dw += np.matmul(dy[i:i + m].reshape(m, g, kg, pq), cm.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(problem.k, cg, problem.r, problem.s)
-
-
-def _im2col_rows(problem: ConvProblem, taps: np.ndarray, dy: np.ndarray, budget: int) -> np.ndarray:
-    """:func:`im2col` one image and block of output rows at a time (at least one row), each block's column
-    matrix within ``budget`` bytes; ``taps`` is the compact ``(N, C, R, S, P, Q)``."""
-    g, kg, red, q = problem.groups, problem.kg, problem.reduction, problem.q
-    crs = problem.c * problem.r * problem.s
-    rows = max(1, min(problem.p, budget // (crs * q * dy.itemsize)))
-    dw = np.zeros((g, kg, red), dy.dtype)
-    cols = np.empty((crs * rows * q,), dy.dtype)
-    for i in range(problem.n):
-        d = dy[i].reshape(g, kg, problem.p * q)
-        for r0 in range(0, problem.p, rows):
-            r1 = min(problem.p, r0 + rows)
-            block = cols[:crs * (r1 - r0) * q]
-            np.copyto(block.reshape(*taps.shape[1:4], r1 - r0, q), taps[i, :, :, :, r0:r1])
-            dw += np.matmul(d[:, :, r0 * q:r1 * q], block.reshape(g, red, (r1 - r0) * q).transpose(0, 2, 1))
-    return dw.reshape(problem.k, problem.cg, problem.r, problem.s)
 
 
 def direct(problem: ConvProblem, x: np.ndarray, dy: np.ndarray) -> np.ndarray:

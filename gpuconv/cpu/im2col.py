@@ -19,18 +19,9 @@ import numpy as np
 from ..problem import ConvProblem
 from . import _scratch, _views
 
-#: The tunable chunk of the column matrix, in units of :data:`CHUNK_UNIT` (MiB); the heuristic's is
-#: :data:`DEFAULT_CHUNK`. On a 2-core Intel Xeon (2 MiB of L2 per core) 8 MiB was fastest or within 10% of it on
-#: VGG-16, U-Net and ResNet-50 layers (2, 8, 32 and 256 timed, single images of 18-110 MiB of columns and batches
-#: of 1.7-7 MiB per image): 0.58x the time of one 110 MiB column matrix on VGG's 64-channel 224x224 layer, 0.64x on
-#: ResNet-50's res2 3x3 at batch 8, 0.76x on its 7x7 stem; 32 MiB won by 11% on a 512-channel 28x28 layer.
-CHUNKS = (8, 32)
-DEFAULT_CHUNK = 8
-CHUNK_UNIT = 2**20
-
 
 def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0,
-           chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+           chunk: int = _views.DEFAULT_COLUMN_CHUNK) -> np.ndarray:
     """Convolve by im2col + GEMM.
 
     Args:
@@ -41,7 +32,7 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0,
             is copied in runs of ``P * Wp`` instead of ``Q`` elements, at the price of ``Wp - Q`` junk output
             columns.
         chunk: the column matrix is built and multiplied in chunks of at most this many MiB (whole images, or
-            rows of one image; at least one row).
+            rows of one image; at least one row; :data:`gpuconv.cpu._views.COLUMN_CHUNKS`).
 
     Returns:
         ``(N, K, P, Q)`` in the compute dtype.
@@ -58,11 +49,12 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0,
         taps = _views.compact_taps(problem, _views.padded(problem, x))       # N, C, R, S, P, Q
     n, spatial = problem.n, taps.shape[4:]
     length = math.prod(spatial)
-    budget = chunk * CHUNK_UNIT
+    budget = _views.column_budget(chunk)
     per_image = problem.c * problem.r * problem.s * length * x.itemsize
     y = np.empty((n, g, kg, length), x.dtype)
     if per_image > budget and not isinstance(taps, _Phased):
-        _row_chunks(problem, taps, wm, y, budget)
+        for i, c0, c1, block in _views.row_blocks(problem, taps, budget):
+            np.matmul(wm, block.reshape(g, problem.reduction, c1 - c0), out=y[i, :, :, c0:c1])
     else:
         images = max(1, min(n, budget // max(per_image, 1)))
         cols = _scratch.empty("cols", (images, problem.c, problem.r, problem.s, *spatial), x.dtype)
@@ -77,25 +69,6 @@ def im2col(problem: ConvProblem, x: np.ndarray, w: np.ndarray, *, wide: int = 0,
     if wide:
         return _views.narrow(problem, y, pitch)
     return y.reshape(n, problem.k, problem.p, problem.q)
-
-
-def _row_chunks(problem: ConvProblem, taps: np.ndarray, wm: np.ndarray, y: np.ndarray, budget: int) -> None:
-    """``y (N, G, K/G, L) = wm @ cols`` one image and block of output rows at a time, each block's columns
-    within ``budget`` bytes (at least one row). ``taps`` is ``(N, C, R, S, P, Q)`` (compact) or
-    ``(N, C, R, S, P * Wp)`` (wide, whose rows are ``Wp`` long)."""
-    g, red, crs = problem.groups, problem.reduction, problem.c * problem.r * problem.s  # crs = g * red
-    row = taps.shape[5] if taps.ndim == 6 else taps.shape[4] // problem.p    # one output row's columns
-    rows = max(1, budget // (crs * row * y.itemsize))
-    cols = _scratch.empty("cols", (crs * min(rows, problem.p) * row,), y.dtype)
-    for i in range(problem.n):
-        for r0 in range(0, problem.p, rows):
-            r1 = min(problem.p, r0 + rows)
-            block = cols[:crs * (r1 - r0) * row]
-            if taps.ndim == 6:
-                np.copyto(block.reshape(*taps.shape[1:4], r1 - r0, row), taps[i, :, :, :, r0:r1])
-            else:
-                np.copyto(block.reshape(*taps.shape[1:4], (r1 - r0) * row), taps[i, ..., r0 * row:r1 * row])
-            np.matmul(wm, block.reshape(g, red, (r1 - r0) * row), out=y[i, :, :, r0 * row:r1 * row])
 
 
 class _Phased:
@@ -113,7 +86,7 @@ class _Phased:
 
 
 def prepare(problem: ConvProblem, *, wide: int = 0,
-            chunk: int = DEFAULT_CHUNK) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+            chunk: int = _views.DEFAULT_COLUMN_CHUNK) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """:func:`im2col` with everything that depends only on the problem worked out once.
 
     On a small problem the Python around the GEMM is most of the time: this runner builds the receptive-field
