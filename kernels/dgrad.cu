@@ -31,7 +31,7 @@
 // division in the loop.
 // Epilogue: runs of V consecutive iw, i.e. every stride_w-th element of a dx row.
 // Not done: vectorized global loads, cp.async, tensor cores.
-#include "common.cuh"
+#include "fragments.cuh"
 
 #ifndef BM
 #define BM 64  // input channels per block tile
@@ -116,11 +116,6 @@ static __device__ __forceinline__ void advance(Digits& d, const Digits& step, in
     d.jr -= cr * ra;
     d.k += step.k + cr;
 }
-
-template <int N>
-struct __align__(N * sizeof(ACC_T)) DgVec {
-    ACC_T e[N];
-};
 }  // namespace dgrad_detail
 
 extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
@@ -243,14 +238,14 @@ extern "C" __global__ __launch_bounds__(DG_THREADS) void dgrad_implicit_gemm(
             ACC_T av[TM], bv[TN];
 #pragma unroll
             for (int gi = 0; gi < TM / DG_VEC; ++gi) {
-                const DgVec<DG_VEC> f = *reinterpret_cast<const DgVec<DG_VEC>*>(a_s + kk * DG_APITCH +
+                const AccVec<DG_VEC> f = *reinterpret_cast<const AccVec<DG_VEC>*>(a_s + kk * DG_APITCH +
                                                                                gi * DG_MT * DG_VEC);
 #pragma unroll
                 for (int v = 0; v < DG_VEC; ++v) av[gi * DG_VEC + v] = f.e[v];
             }
 #pragma unroll
             for (int gj = 0; gj < TN / DG_VEC; ++gj) {
-                const DgVec<DG_VEC> f = *reinterpret_cast<const DgVec<DG_VEC>*>(b_s + kk * BN + gj * DG_NT * DG_VEC);
+                const AccVec<DG_VEC> f = *reinterpret_cast<const AccVec<DG_VEC>*>(b_s + kk * BN + gj * DG_NT * DG_VEC);
 #pragma unroll
                 for (int v = 0; v < DG_VEC; ++v) bv[gj * DG_VEC + v] = f.e[v];
             }

@@ -31,7 +31,7 @@
 //   pieces (conflict-free, broadcast across tm), and each thread stores BV consecutive outputs per row:
 //   coalesced, vectorized when aligned.
 // - TM*TN accumulators per thread in registers; TM + TN shared loads (as vectors) per TM*TN FMAs.
-#include "common.cuh"
+#include "fragments.cuh"
 
 #ifndef BM
 #define BM 128  // rows of C per block
@@ -89,10 +89,6 @@ static_assert(kThreads >= 32 && kThreads <= 1024, "threads per block");
 union Raw16 {
     uint4 u;
     T e[kVec];
-};
-template <int N>
-struct __align__(N * sizeof(ACC_T)) AccVec {
-    ACC_T e[N];
 };
 struct __align__(kBV * sizeof(GEMM_OUT_T)) OutVec {
     GEMM_OUT_T e[kBV];

@@ -33,7 +33,7 @@
 // Epilogue: bias fused; a thread's kBV consecutive columns are one vector store where they lie in one image
 // and y is aligned, element stores otherwise.
 // Not done: cp.async / TMA pipelines, tensor cores.
-#include "common.cuh"
+#include "fragments.cuh"
 
 #ifndef BM
 #define BM 128  // output channels per block tile
@@ -81,10 +81,6 @@ static_assert(kThreads >= 32 && kThreads <= 1024, "threads per block");
 union Raw16 {
     uint4 u;
     T e[kVec];
-};
-template <int N>
-struct __align__(N * sizeof(ACC_T)) AccVec {
-    ACC_T e[N];
 };
 template <class O>
 struct __align__(kBV * sizeof(O)) OutVec {

@@ -27,7 +27,7 @@
 // and the threads of a warp read consecutive vectors (no bank conflict), as in the forward implicit GEMM.
 // Epilogue: each thread stores runs of kBV consecutive columns (c, r, s) of dw or of the partial sums.
 // Not done: vectorized global loads, cp.async, tensor cores.
-#include "common.cuh"
+#include "fragments.cuh"
 
 #ifndef BM
 #define BM 64  // output channels per block tile
@@ -59,11 +59,6 @@
 static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
 static_assert(WG_THREADS % BK == 0, "each thread loads one fixed reduction row: BK must divide the thread count");
 static_assert(TM % WG_VEC == 0 && TN % WG_VEC == 0, "thread tiles are made of 16-byte groups");
-
-template <int N>
-struct __align__(N * sizeof(ACC_T)) WgVec {
-    ACC_T e[N];
-};
 
 extern "C" __global__ __launch_bounds__(WG_THREADS) void wgrad_split_k(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dw, ACC_T* __restrict__ partial,
@@ -183,14 +178,14 @@ extern "C" __global__ __launch_bounds__(WG_THREADS) void wgrad_split_k(
             ACC_T av[TM], bv[TN];
 #pragma unroll
             for (int gi = 0; gi < TM / WG_VEC; ++gi) {
-                const WgVec<WG_VEC> f = *reinterpret_cast<const WgVec<WG_VEC>*>(a_s + k * WG_APITCH +
+                const AccVec<WG_VEC> f = *reinterpret_cast<const AccVec<WG_VEC>*>(a_s + k * WG_APITCH +
                                                                                gi * WG_MT * WG_VEC);
 #pragma unroll
                 for (int v = 0; v < WG_VEC; ++v) av[gi * WG_VEC + v] = f.e[v];
             }
 #pragma unroll
             for (int gj = 0; gj < TN / WG_VEC; ++gj) {
-                const WgVec<WG_VEC> f = *reinterpret_cast<const WgVec<WG_VEC>*>(b_s + k * WG_BPITCH +
+                const AccVec<WG_VEC> f = *reinterpret_cast<const AccVec<WG_VEC>*>(b_s + k * WG_BPITCH +
                                                                                gj * WG_NT * WG_VEC);
 #pragma unroll
                 for (int v = 0; v < WG_VEC; ++v) bv[gj * WG_VEC + v] = f.e[v];
