@@ -10,14 +10,17 @@
 //
 // Main kernel. Grid: x = ceil(N*P*Q / BN) column tiles, y = ceil(Kg / BM) row tiles, z = groups.
 // Block: WM x WN warps; warp (wm, wn) owns the (BM/WM) x (BN/WN) outputs at rows wm*BM/WM, columns wn*BN/WN.
-// Shared memory: STAGES buffers of A [BM][BK + PAD] and B [BN][BK + PAD] (both reduction-contiguous, the
-// 16-byte PAD keeps ldmatrix rows on distinct banks), filled by cp.async STAGES - 1 slices ahead of the
-// slice being multiplied: wait for slice t, one barrier, issue slice t + STAGES - 1 into the buffer slice t - 1
-// used (everyone passed the barrier, so nobody reads it any more), multiply slice t.
+// Shared memory, dynamic (STAGES * (BM + BN) * TC_PITCH elements, which the launch passes: three stages of a
+// 128 x 128 tile are past the 48 KiB static shared memory can hold): STAGES buffers of A [BM][BK + PAD], then
+// STAGES of B [BN][BK + PAD] (both reduction-contiguous, the 16-byte PAD keeps ldmatrix rows on distinct banks),
+// filled by cp.async STAGES - 1 slices ahead of the slice being multiplied: wait for slice t, one barrier, issue
+// slice t + STAGES - 1 into the buffer slice t - 1 used (everyone passed the barrier, so nobody reads it any
+// more), multiply slice t.
 // Fragments: A with ldmatrix.x4 per 16-row tile; B with ldmatrix.x4 per pair of 8-column tiles (rows of the
 // B buffer are output columns, so the non-transposed ldmatrix gives the "col" B operand directly).
 // Epilogue: accumulator (row, col) pairs to y (N, K, P, Q), bias added, converted to T.
 #include "common.cuh"
+#include "dynamic_smem.cuh"
 
 #ifndef BM
 #define BM 64  // output channels per block tile
@@ -52,6 +55,8 @@
 #define TC_CPR (BK / TC_VEC)                    // chunks per shared row
 #define TC_A_CHUNKS ((BM * TC_CPR + TC_THREADS - 1) / TC_THREADS)
 #define TC_B_CHUNKS ((BN * TC_CPR + TC_THREADS - 1) / TC_THREADS)
+#define TC_A_STAGE (BM * TC_PITCH)                // elements of one stage's A buffer
+#define TC_B_STAGE (BN * TC_PITCH)
 static_assert(sizeof(T) == 2 || sizeof(T) == 4, "tensor-core kernel: T is __half, __nv_bfloat16 or float");
 static_assert(TC_WTM % 16 == 0 && TC_WTN % 16 == 0, "a warp tile is a multiple of 16 x 16");
 static_assert(BK % 16 == 0, "BK is a multiple of 16");
@@ -135,8 +140,8 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
     int N, int Cp, int H, int W, int K, int P, int Q, int R, int S,
     int stride_h, int stride_w, int pad_t, int pad_l, int dil_h, int dil_w, int groups, int has_bias)
 {
-    __shared__ __align__(16) T As[STAGES][BM * TC_PITCH];
-    __shared__ __align__(16) T Bs[STAGES][BN * TC_PITCH];
+    T* const As = reinterpret_cast<T*>(dynamic_smem());  // stage b at As + b * TC_A_STAGE
+    T* const Bs = As + STAGES * TC_A_STAGE;                 // stage b at Bs + b * TC_B_STAGE
 
     const int kg = K / groups;
     const int kred = R * S * Cp;  // padded reduction length, a multiple of TC_VEC
@@ -199,7 +204,8 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
             const int m = row0 + i * ROW_STEP;
             if (BM % ROW_STEP == 0 || m < BM) {
                 const bool ok = k_ok && a_live[i];
-                cp_async_16(&As[buf][m * TC_PITCH + kc * TC_VEC], ok ? wg + a_pos[i] : wp, ok ? 16 : 0);
+                cp_async_16(As + buf * TC_A_STAGE + m * TC_PITCH + kc * TC_VEC, ok ? wg + a_pos[i] : wp,
+                            ok ? 16 : 0);
             }
             a_pos[i] += BK;
         }
@@ -209,7 +215,8 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
             if (BN % ROW_STEP == 0 || jj < BN) {
                 const bool ok = k_ok && (unsigned)(b_ih[i] + ld_rh) < (unsigned)H &&
                                 (unsigned)(b_iw[i] + ld_sw) < (unsigned)W;
-                cp_async_16(&Bs[buf][jj * TC_PITCH + kc * TC_VEC], ok ? xg + b_pos[i] : xp, ok ? 16 : 0);
+                cp_async_16(Bs + buf * TC_B_STAGE + jj * TC_PITCH + kc * TC_VEC, ok ? xg + b_pos[i] : xp,
+                            ok ? 16 : 0);
             }
         }
         ld_kr += BK;
@@ -251,16 +258,20 @@ extern "C" __global__ __launch_bounds__(TC_THREADS) void tc_implicit_gemm_conv(
     const int a_row = wm0 + (lane % 16), a_koff = (lane / 16) * TC_VEC;
     const int b_row = wn0 + (lane % 8) + 8 * (lane / 16), b_koff = ((lane / 8) % 2) * TC_VEC;
 
+    // Slice t sits in stage t % STAGES, and slice t + STAGES - 1 goes to the stage slice t - 1 used: both kept as
+    // a counter that wraps, since a modulo by 3 costs more than the loop's other integer work.
+    int stage = 0, previous = STAGES - 1;
 #pragma unroll 2  // two slices per iteration: fewer loop instructions per mma
     for (int t = 0; t < nslices; ++t) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        const int next = t + STAGES - 1;
-        if (next < nslices) load_slice(next % STAGES);
+        if (t + STAGES - 1 < nslices) load_slice(previous);
         cp_async_commit();
 
-        const T* a_s = As[t % STAGES];
-        const T* b_s = Bs[t % STAGES];
+        const T* a_s = As + stage * TC_A_STAGE;
+        const T* b_s = Bs + stage * TC_B_STAGE;
+        previous = stage;
+        stage = stage + 1 == STAGES ? 0 : stage + 1;
 #pragma unroll
         for (int ks = 0; ks < BK; ks += TC_KS) {
             unsigned af[TC_MT][4], bf[TC_NT][2];

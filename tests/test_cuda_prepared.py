@@ -69,6 +69,22 @@ def test_second_call_replays(name: str, case: Case, monkeypatch: pytest.MonkeyPa
     assert run.recordings[(0, case.bias)] is not None
 
 
+def test_tensor_core_launches_replay_with_their_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three stages of a 128 x 128 tile: 60 KiB of dynamic shared memory, recorded with the function and replayed.
+    case = Case((1, 40, 6, 6), (8, 40, 3, 3), padding=1)
+    problem = case.problem("float16")
+    params = {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": 3}
+    strategy, runs = _counting(cuda.STRATEGIES["tc_implicit_gemm"], monkeypatch)
+    assert strategy.valid(params, problem)
+    ex = EmuExecutor()
+    run = prepared.PreparedRun(ex, problem, strategy, params)
+    for seed in range(2):
+        x, w, b, ref = _inputs(ex, case, "float16", seed)
+        assert_matches(run(x, w, b), ref, problem)
+    assert runs == [1]
+    assert [launch.shared for launch in ex.launches] == [0, 0, 3 * 256 * 80] * 2
+
+
 def test_chunked_launches_replay_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
     # A workspace of a few images' columns: the launches read x and write y at non-zero offsets.
     case = Case((5, 3, 7, 7), (4, 3, 3, 3), padding=1)

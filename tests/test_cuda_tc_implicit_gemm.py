@@ -20,7 +20,9 @@ from emu import EmuExecutor
 from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
 from gpuconv.cuda import STRATEGIES, heuristic, tc_implicit_gemm
-from gpuconv.cuda.compile import compile_ptx
+from gpuconv.cuda.compile import KernelError, compile_ptx
+from gpuconv.cuda.executor import MAX_DYNAMIC_SHARED
+from gpuconv.cuda.occupancy import LIMITS, Device, variant_blocks_per_sm
 from gpuconv.problem import ConvProblem, make_problem
 from gpuconv.reference import run_problem
 
@@ -174,6 +176,44 @@ def test_launches() -> None:
     params = STRATEGY.defaults
     assert gemm.grid == (-(-2 * 7 * 7 // params["BN"]), 1, 4)
     assert gemm.block == (tc_implicit_gemm.threads(params), 1, 1)
+    assert (pack_x.shared, pack_w.shared, gemm.shared) == (0, 0, tc_implicit_gemm.smem_bytes(params, "float16"))
+
+
+def test_pipeline_fills_the_launch_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three stages of a 128 x 128 tile (60 KiB, past what static shared memory holds) run from dynamic shared
+    memory, and its size is what the buffers need: 32 bytes less (the last B row's last chunk) fails the launch."""
+    params = {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": 3}
+    case = EXTRA[1]  # 12 slices: every stage is filled
+    assert tc_implicit_gemm.smem_bytes(params, "float16") == 3 * 256 * 80 > 48 * 1024
+    check(case, "float16", params)
+    full = tc_implicit_gemm.smem_bytes
+    monkeypatch.setattr(tc_implicit_gemm, "smem_bytes", lambda p, d: full(p, d) - 32)
+    with pytest.raises(KernelError, match="past the launch's"):
+        check(case, "float16", params)
+
+
+def _resident(point: dict[str, int], dtype: str, cc: tuple[int, int]) -> int:
+    return variant_blocks_per_sm(Device(132, cc), tc_implicit_gemm.KERNEL, tc_implicit_gemm.FUNC, point, dtype,
+                                 tc_implicit_gemm.threads(point), 0,
+                                 dynamic_smem=tc_implicit_gemm.smem_bytes(point, dtype))
+
+
+def test_heuristic_keeps_to_each_device_shared_memory() -> None:
+    """The heuristic's pipeline fits the block limit of every compute capability it knows (99 KiB on sm_86/89),
+    and no other pipeline of its tile that fits keeps more blocks resident."""
+    large = make_problem("conv2d", (32, 256, 28, 28), (256, 256, 3, 3), "float32", False, padding=1,
+                         precision="tf32")
+    for cc, lim in LIMITS.items():
+        for dtype in ("float16", "bfloat16", "float32"):
+            p = dataclasses.replace(large, dtype=dtype)
+            params = tc_implicit_gemm.heuristic_params(p, Device(132, cc))
+            assert STRATEGY.valid(params, p) and tc_implicit_gemm.smem_bytes(params, dtype) <= lim.smem_block, \
+                (cc, dtype, params)
+
+            others = [{**params, "BK": bk, "STAGES": st} for bk, st in tc_implicit_gemm._PIPELINES]
+            fitting = [o for o in others if STRATEGY.valid(o, p) and
+                       tc_implicit_gemm.smem_bytes(o, dtype) <= lim.smem_block]
+            assert _resident(params, dtype, cc) == max(_resident(o, dtype, cc) for o in fitting), (cc, dtype, params)
 
 
 def test_space_is_data() -> None:
@@ -181,4 +221,6 @@ def test_space_is_data() -> None:
     p16 = _problem(EXTRA[0], "float16")
     points = list(STRATEGY.variants(p16))
     assert STRATEGY.defaults in points and {v["STAGES"] for v in points} == {2, 3, 4}
-    assert all(tc_implicit_gemm.smem_bytes(v, "float16") <= 48 * 1024 for v in points)
+    assert all(tc_implicit_gemm.smem_bytes(v, "float16") <= MAX_DYNAMIC_SHARED for v in points)
+    assert any(tc_implicit_gemm.smem_bytes(v, "float16") > 48 * 1024 for v in points)  # past static's limit
+    assert MAX_DYNAMIC_SHARED == max(lim.smem_block for lim in LIMITS.values())

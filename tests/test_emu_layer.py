@@ -56,6 +56,17 @@ extern "C" __global__ void stale(float* y) {
     y[blockIdx.x * blockDim.x + threadIdx.x] = buf[threadIdx.x];
 }
 
+// Dynamic shared memory: block b writes its threads' values from the second thread on, then every thread reads
+// its neighbour's; thread 0's slot was never written in this block, so its reader sees the poison.
+extern "C" __global__ void dynamic(float* y, const float* x, int n) {
+    float* buf = reinterpret_cast<float*>(dynamic_smem());
+    int t = threadIdx.x;
+    if (t > 0) buf[t] = x[blockIdx.x * blockDim.x + t];
+    if (t == 0 && n > (int)blockDim.x) buf[n - 1] = 0.f;  // past the launch's bytes when n exceeds them
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + t] = buf[(t + 1) % blockDim.x];
+}
+
 extern "C" __global__ void early_exit(float* y) {
     if (threadIdx.x == 3) return;
     __syncthreads();
@@ -222,6 +233,28 @@ def test_misaligned_vector_load_is_an_error() -> None:
     y = ex.empty((8, 4), np.float32)
     with pytest.raises(KernelError, match="misaligned 16-byte load"):
         ex.run_source(SOURCE, "vec4", (1, 1, 1), (8, 1, 1), [y, x, 1])
+
+
+def test_dynamic_shared_memory_is_the_launch_bytes_poisoned_per_block() -> None:
+    ex = EmuExecutor()
+    x = ex.to_device(np.arange(1, 129, dtype=np.float32))
+    y = ex.empty((128,), np.float32)
+    ex.run_source(SOURCE, "dynamic", (2, 1, 1), (64, 1, 1), [y, x, 64], shared=64 * 4)
+    got = y.reshape(2, 64)
+    assert np.isnan(got[:, 63]).all()  # thread 0's slot: written by no thread of either block
+    np.testing.assert_array_equal(got[:, :63], x.reshape(2, 64)[:, 1:])
+
+
+def test_dynamic_shared_memory_ends_where_the_launch_says() -> None:
+    ex = EmuExecutor()
+    x = ex.to_device(np.ones(64, np.float32))
+    y = ex.empty((64,), np.float32)
+    ex.run_source(SOURCE, "dynamic", (1, 1, 1), (64, 1, 1), [y, x, 68], shared=68 * 4)  # 4 more floats: fine
+    with pytest.raises(KernelError, match=r"access at byte 256 of dynamic shared memory, past the launch's 256 bytes"):
+        ex.run_source(SOURCE, "dynamic", (1, 1, 1), (64, 1, 1), [y, x, 65], shared=64 * 4)
+    with pytest.raises(KernelError, match="past the launch's 0 bytes"):
+        ex.run_source(SOURCE, "dynamic", (1, 1, 1), (64, 1, 1), [y, x, 64])
+    ex.run_source(SOURCE, "dynamic", (1, 1, 1), (64, 1, 1), [y, x, 64], shared=64 * 4)  # still usable
 
 
 def test_out_of_bounds_write_is_reported() -> None:

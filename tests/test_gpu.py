@@ -10,6 +10,7 @@ import pytest
 from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 
 import gpuconv
+from gpuconv.problem import make_problem
 from gpuconv.reference import run_problem
 
 pytestmark = pytest.mark.gpu
@@ -348,14 +349,38 @@ def test_occupancy_matches_the_driver() -> None:
     report = json.loads(REPORT_PATH.read_text())
     same = ".".join(map(str, nvrtc.getVersion())) == report["toolkit"]["nvrtc"] and dev.arch in report["archs"]
     ig = implicit_gemm
-    cases = [(ig.KERNEL, ig.FUNC, ig.tiles(ig.DEFAULTS), d, ig.threads(ig.DEFAULTS)) for d in DTYPES]
-    cases += [(dgrad.KERNEL, dgrad.FUNC, dgrad.DEFAULTS, "float32", dgrad.threads(dgrad.DEFAULTS)),
-              (tc_implicit_gemm.KERNEL, tc_implicit_gemm.FUNC, tc_implicit_gemm.DEFAULTS, "float16",
-               tc_implicit_gemm.threads(tc_implicit_gemm.DEFAULTS))]
-    for kernel, func, params, dtype, threads in cases:
+    tc = tc_implicit_gemm
+    deep = {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": 3}
+    cases = [(ig.KERNEL, ig.FUNC, ig.tiles(ig.DEFAULTS), d, ig.threads(ig.DEFAULTS), 0) for d in DTYPES]
+    cases += [(dgrad.KERNEL, dgrad.FUNC, dgrad.DEFAULTS, "float32", dgrad.threads(dgrad.DEFAULTS), 0)]
+    cases += [(tc.KERNEL, tc.FUNC, p, "float16", tc.threads(p), tc.smem_bytes(p, "float16"))
+              for p in (tc.DEFAULTS, deep)]  # dynamic shared memory: 20 KiB and 60 KiB
+    for kernel, func, params, dtype, threads, dynamic in cases:
         fn = get_function(kernel, func, params, dtype)
         if same:
             stored = resources(kernel, func, params, dtype, dev.arch)
             assert stored is not None and fn.num_regs == stored["registers"], (kernel, params, dtype)
-        driver = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads, 0)
-        assert blocks_per_sm(limits(dev.cc), threads, fn.num_regs, fn.shared_size_bytes) == driver, (kernel, dtype)
+        driver = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads, dynamic)
+        assert blocks_per_sm(limits(dev.cc), threads, fn.num_regs, fn.shared_size_bytes + dynamic) == driver, \
+            (kernel, params, dtype)
+
+
+def test_tensor_cores_past_48_kib_of_shared_memory() -> None:
+    """Three and four stages of the 128 x 128 tile (60 and 80 KiB of dynamic shared memory in float16, 108 and
+    144 KiB in TF32): the function is opted in past 48 KiB, on a layer of several waves."""
+    from gpuconv.cuda import tc_implicit_gemm as tc
+    from gpuconv.cuda.executor import CupyExecutor
+
+    case = Case((4, 64, 28, 28), (256, 64, 3, 3), padding=1)
+    for dtype in ("float16", "float32"):
+        for stages in (3, 4):
+            params = {"BM": 128, "BN": 128, "BK": 32, "WM": 2, "WN": 4, "STAGES": stages}
+            problem = make_problem(case.fn, case.x, case.w, dtype, case.bias, padding=1,
+                                   precision="tf32" if dtype == "float32" else "highest")
+            if not tc.STRATEGY.valid(params, problem):
+                continue  # a spilling point left the space
+            (x, w, b), ref = _reference(case, dtype)
+            y = cupy.full(problem.out_shape4, np.nan, dtype)
+            tc.STRATEGY.run(CupyExecutor(), problem, params, cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), y)
+            cupy.cuda.get_current_stream().synchronize()
+            assert_matches(y, ref, problem)

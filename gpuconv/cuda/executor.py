@@ -19,6 +19,11 @@ Dim3 = tuple[int, int, int]
 MAX_THREADS = 1024
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (INT32_MAX, 65535, 65535)
+#: The most dynamic shared memory a block may ask for on any device gpuconv supports (sm_90's opt-in limit, 227
+#: KiB); a device's own, smaller limit is enforced by the driver when the function is prepared.
+MAX_DYNAMIC_SHARED = 227 * 1024
+#: Dynamic shared memory a launch may use without opting the function in (``cudaFuncSetAttribute``).
+PORTABLE_SHARED = 48 * 1024
 
 
 class Executor(Protocol):
@@ -30,16 +35,19 @@ class Executor(Protocol):
         """An uninitialized C-contiguous array on the device."""
 
     def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Dim3, block: Dim3,
-               args: Sequence[Any]) -> None:
-        """Run ``func`` from ``kernels/<kernel>.cu`` built with ``params`` and ``dtype`` on ``grid`` x ``block``."""
+               args: Sequence[Any], shared: int = 0) -> None:
+        """Run ``func`` from ``kernels/<kernel>.cu`` built with ``params`` and ``dtype`` on ``grid`` x ``block``,
+        with ``shared`` bytes of dynamic shared memory per block."""
 
     def dummy(self, dtype: str) -> Any:
         """A small device array of ``dtype`` for a pointer argument the kernel does not read (a missing bias):
         never an alias of an operand or the output, so ``__restrict__`` promises hold."""
 
 
-def check_launch(kernel: str, func: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any]) -> None:
-    """Reject geometry CUDA would refuse and scalars that do not fit an ``int`` parameter, naming the launch.
+def check_launch(kernel: str, func: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
+                 shared: int = 0) -> None:
+    """Reject geometry and dynamic shared memory CUDA would refuse and scalars that do not fit an ``int`` parameter,
+    naming the launch.
 
     Raises:
         KernelError: the message names the kernel, the function and the offending value.
@@ -53,6 +61,8 @@ def check_launch(kernel: str, func: str, grid: Sequence[int], block: Sequence[in
     threads = int(block[0]) * int(block[1]) * int(block[2])
     if threads > MAX_THREADS:
         raise KernelError(f"{where}: block {tuple(block)} has {threads} threads, more than {MAX_THREADS}")
+    if not isinstance(shared, (int, np.integer)) or isinstance(shared, bool) or not 0 <= shared <= MAX_DYNAMIC_SHARED:
+        raise KernelError(f"{where}: dynamic shared memory must be 0..{MAX_DYNAMIC_SHARED} bytes, got {shared!r}")
     for i, a in enumerate(args):
         if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
             if not -INT32_MAX - 1 <= int(a) <= INT32_MAX:
@@ -89,8 +99,8 @@ class RecordingExecutor:
         return np.empty(4, dtype)
 
     def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Sequence[int],
-               block: Sequence[int], args: Sequence[Any]) -> None:
-        check_launch(kernel, func, grid, block, args)
+               block: Sequence[int], args: Sequence[Any], shared: int = 0) -> None:
+        check_launch(kernel, func, grid, block, args, shared)
         self.launches.append((kernel, func, tuple(sorted(params.items())), dtype))
 
 
@@ -118,19 +128,32 @@ class CupyExecutor:
             found = self._dummies[key] = self.xp.zeros(DUMMY_BYTES // np.dtype(dtype).itemsize, dtype)
         return found
 
-    def function(self, kernel: str, func: str, params: Mapping[str, int], dtype: str) -> Function:
+    def function(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, shared: int = 0) -> Function:
         """``func`` of ``kernels/<kernel>.cu`` compiled for the current device, as ``call(grid, block, args)``
-        with packed ``args``; a launch failure raises :class:`KernelError` naming the launch."""
+        with packed ``args`` and ``shared`` bytes of dynamic shared memory per block; a launch failure raises
+        :class:`KernelError` naming the launch.
+
+        Raises:
+            KernelError: the device cannot give a block ``shared`` bytes (past its opt-in limit).
+        """
         from .compile import get_function
 
         fn = get_function(kernel, func, params, dtype)
+        if shared > PORTABLE_SHARED:
+            # Past 48 KiB a function must opt in, per device; the driver refuses more than the device has.
+            try:
+                if fn.max_dynamic_shared_size_bytes < shared:
+                    fn.max_dynamic_shared_size_bytes = shared
+            except Exception as e:
+                raise KernelError(f"{kernel}.{func} with params {dict(params)}, dtype {dtype}: this device cannot give "
+                                  f"a block {shared} bytes of dynamic shared memory: {e}") from e
 
         def call(grid: Dim3, block: Dim3, args: tuple[Any, ...]) -> None:
             try:
-                fn(grid, block, args)
+                fn(grid, block, args, shared_mem=shared)
             except Exception as e:  # a launch failure (too many resources, ...) keeps the library usable
                 raise KernelError(f"{kernel}.{func}: launch with params {dict(params)}, dtype {dtype}, grid {grid},"
-                                  f" block {block} failed: {e}") from e
+                                  f" block {block}, {shared} bytes of dynamic shared memory failed: {e}") from e
 
         return call
 
@@ -157,8 +180,8 @@ class CupyExecutor:
         return self.xp.cuda.Device(device)
 
     def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Dim3, block: Dim3,
-               args: Sequence[Any]) -> None:
-        check_launch(kernel, func, grid, block, args)
-        call = self.function(kernel, func, params, dtype)
+               args: Sequence[Any], shared: int = 0) -> None:
+        check_launch(kernel, func, grid, block, args, shared)
+        call = self.function(kernel, func, params, dtype, int(shared))
         call(tuple(int(g) for g in grid), tuple(int(b) for b in block),  # type: ignore[arg-type]
              tuple(self.pack(a) for a in args))

@@ -158,14 +158,16 @@ def resources(kernel: str, func: str, params: Mapping[str, int], dtype: str, arc
 
 
 def variant_blocks_per_sm(device: Device, kernel: str, func: str, params: Mapping[str, int], dtype: str,
-                          threads: int, smem: int) -> int:
-    """Blocks per SM of a stored variant on ``device``; where the report lacks it, as if it used the most
+                          threads: int, smem: int, dynamic_smem: int = 0) -> int:
+    """Blocks per SM of a stored variant on ``device`` launched with ``dynamic_smem`` bytes of dynamic shared
+    memory (ptxas reports only the static bytes); where the report lacks the variant, as if it used the most
     registers a thread may have (the constraint's own bound), with ``smem`` bytes of static shared memory."""
     lim = limits(device.cc)
     found = resources(kernel, func, params, dtype, device.arch)
     if found is None:
-        return max(1, blocks_per_sm(lim, threads, min(lim.registers_thread, lim.registers // threads), smem))
-    return max(1, blocks_per_sm(lim, threads, found["registers"], found["smem"]))
+        registers = min(lim.registers_thread, lim.registers // threads)
+        return max(1, blocks_per_sm(lim, threads, registers, smem + dynamic_smem))
+    return max(1, blocks_per_sm(lim, threads, found["registers"], found["smem"] + dynamic_smem))
 
 
 def best_split(tiles: int, splits: Sequence[int], sm_count: int, per_sm: int, tolerance: float = 0.02

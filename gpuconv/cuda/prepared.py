@@ -23,12 +23,12 @@ import numpy as np
 
 from ..problem import ConvProblem
 from ..strategy import CudaRun, Strategy
-from . import dgrad, direct, im2col, implicit_gemm, pointwise, wgrad
+from . import dgrad, direct, im2col, implicit_gemm, pointwise, tc_implicit_gemm, wgrad
 from .executor import check_launch
 
 #: The ``run`` functions that only allocate workspace through ``ex.empty`` and launch through ``ex.launch``.
 LAUNCH_ONLY: frozenset[Callable[..., None]] = frozenset(
-    m.run for m in (im2col, pointwise, direct, implicit_gemm, dgrad, wgrad))
+    m.run for m in (im2col, pointwise, direct, implicit_gemm, tc_implicit_gemm, dgrad, wgrad))
 
 #: What each direction reads and writes: ``(a, b, result)``, named as in :func:`operand_shapes`.
 OPERANDS = {"forward": ("x", "w", "y"), "input": ("y", "w", "x"), "weight": ("x", "y", "w")}
@@ -108,12 +108,12 @@ class _Recorder:
         return d
 
     def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Any, block: Any,
-               args: Any) -> None:
-        check_launch(kernel, func, grid, block, args)
+               args: Any, shared: int = 0) -> None:
+        check_launch(kernel, func, grid, block, args, shared)
         key = (kernel, func, tuple(sorted(params.items())), dtype)
-        call = self._functions.get(key)
+        call = self._functions.get((*key, shared))
         if call is None:
-            call = self._functions[key] = self._ex.function(kernel, func, params, dtype)
+            call = self._functions[(*key, shared)] = self._ex.function(kernel, func, params, dtype, int(shared))
         ex = self._ex
         packed, slots = [ex.pack(a) for a in args], []
         for i, a in enumerate(args):

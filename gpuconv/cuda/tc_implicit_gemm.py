@@ -7,7 +7,10 @@ aligned 16-byte ``cp.async`` whatever C, the strides, the padding or the dilatio
 ``mma.m16n8k8`` with the operands rounded to TF32 while packing, so it serves only problems whose ``precision``
 is ``"tf32"``. bfloat16 runs on no other CUDA strategy, so every bfloat16 problem on CUDA comes here.
 
-Workspace: the packed input (``groups * N * H * W * Cp`` elements) and weight (``K * R * S * Cp``).
+Workspace: the packed input (``groups * N * H * W * Cp`` elements) and weight (``K * R * S * Cp``). The pipeline's
+buffers are dynamic shared memory (:func:`smem_bytes`, passed at launch), so a 128 x 128 tile can run three or
+four stages: a point needs no more than sm_90 gives a block (227 KiB), and the heuristic keeps to the device's own
+limit (99 KiB on sm_86/sm_89, 163 KiB on sm_80).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 
 from ..problem import ConvProblem
 from ..strategy import Params, Strategy
-from .executor import Executor
-from .occupancy import Device, current_device, variant_blocks_per_sm
-from .source import INT32_MAX, ITEM_BYTES, SMEM_LIMIT, sm_count
+from .executor import MAX_DYNAMIC_SHARED, Executor
+from .occupancy import Device, current_device, limits, variant_blocks_per_sm
+from .source import INT32_MAX, ITEM_BYTES, sm_count
 from .spills import spill_free
 
 KERNEL, FUNC = "tc_implicit_gemm", "tc_implicit_gemm_conv"
@@ -58,7 +61,8 @@ def padded_channels(problem: ConvProblem) -> int:
 
 
 def smem_bytes(params: Params, dtype: str) -> int:
-    """STAGES buffers of A ``[BM][BK + 16 B]`` and B ``[BN][BK + 16 B]`` in the element type."""
+    """The launch's dynamic shared memory: STAGES buffers of A ``[BM][BK + 16 B]`` and B ``[BN][BK + 16 B]`` in the
+    element type."""
     item = ITEM_BYTES[dtype]
     return params["STAGES"] * (params["BM"] + params["BN"]) * (params["BK"] * item + 16)
 
@@ -80,8 +84,10 @@ def _registers_ok(params: Params, problem: ConvProblem | None) -> bool:
 
 
 def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
+    # Against the largest opt-in limit (sm_90's); a point past a smaller device's limit fails at launch with a
+    # KernelError (the tuner scores it infinite), and the heuristic checks the device's limit.
     dtypes = (problem.dtype,) if problem is not None and problem.dtype in DTYPES else DTYPES
-    return all(smem_bytes(params, d) <= SMEM_LIMIT for d in dtypes)
+    return all(smem_bytes(params, d) <= MAX_DYNAMIC_SHARED for d in dtypes)
 
 
 def _pack_grid(total: int) -> tuple[int, int, int]:
@@ -104,7 +110,7 @@ def run(ex: Executor, problem: ConvProblem, params: Params, x: Any, w: Any, bias
     args = [xp, wp, wp if bias is None else bias, y,
             pr.n, cp, pr.h, pr.w, pr.k, pr.p, pr.q, pr.r, pr.s,
             pr.stride[0], pr.stride[1], t, l, pr.dilation[0], pr.dilation[1], pr.groups, int(bias is not None)]
-    ex.launch(KERNEL, FUNC, params, dtype, grid, (threads(params), 1, 1), args)
+    ex.launch(KERNEL, FUNC, params, dtype, grid, (threads(params), 1, 1), args, shared=smem_bytes(params, dtype))
 
 
 def _supports(problem: ConvProblem) -> bool:
@@ -145,22 +151,32 @@ _PIPELINES = ((32, 3), (32, 2), (16, 4), (16, 3), (16, 2))  # (BK, STAGES), pref
 def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict[str, int]:
     """The largest preferred tile that wastes at most half its rows on missing output channels and still fills
     one wave of ``device`` (default: the current one) with resident blocks (blocks per SM from ptxas' figures
-    for the tile, :func:`~gpuconv.cuda.occupancy.variant_blocks_per_sm`); the smallest valid one otherwise."""
+    for the tile, :func:`~gpuconv.cuda.occupancy.variant_blocks_per_sm`); the smallest valid one otherwise.
+
+    Each tile takes, of the preferred pipelines whose shared memory the device gives a block, one with the most
+    resident blocks, the earliest preferred among those: a third stage of the float16 128 x 128 tile takes 159
+    registers instead of 126, which leaves one block per SM on sm_90 instead of two, and another block's warps
+    hide a barrier that a deeper pipeline in one block cannot (an order not yet timed on a GPU)."""
     dev = device if device is not None else current_device()
+    smem_block = limits(dev.cc).smem_block
     ncols = problem.n * problem.p * problem.q
     fallback = dict(DEFAULTS)
     for bm, bn, wm, wn in _PREFERRED:
         if bm > 32 and problem.kg <= bm // 2:
             continue
+        best: tuple[int, dict[str, int]] | None = None
         for bk, stages in _PIPELINES:
             params = {"BM": bm, "BN": bn, "BK": bk, "WM": wm, "WN": wn, "STAGES": stages}
-            if STRATEGY.valid(params, problem):
-                break
-        else:
+            if not STRATEGY.valid(params, problem) or smem_bytes(params, problem.dtype) > smem_block:
+                continue
+            per_sm = variant_blocks_per_sm(dev, KERNEL, FUNC, params, problem.dtype, threads(params), 0,
+                                           dynamic_smem=smem_bytes(params, problem.dtype))
+            if best is None or per_sm > best[0]:
+                best = (per_sm, params)
+        if best is None:
             continue
+        per_sm, params = best
         fallback = params
-        per_sm = variant_blocks_per_sm(dev, KERNEL, FUNC, params, problem.dtype, threads(params),
-                                       smem_bytes(params, problem.dtype))
         if -(-ncols // bn) * -(-problem.kg // bm) * problem.groups >= dev.sm_count * per_sm:
             return params
     return fallback

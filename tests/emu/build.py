@@ -1,9 +1,10 @@
 """Build rendered CUDA source into a CPU shared library with g++ and ``cuda_emu.h``, cached by content hash.
 
-For every ``extern "C" __global__`` function ``f`` the library exports ``emu_launch_f(grid, block, args, seed,
-err, errlen)`` and ``emu_signature_f()`` (the parameter kinds, checked against the arguments of each launch).
-The cache lives in ``$GPUCONV_EMU_CACHE`` or a per-user directory under the system temp dir; files are
-written under a temporary name and renamed, so parallel test workers never see half a library.
+For every ``extern "C" __global__`` function ``f`` the library exports ``emu_launch_f(grid, block, shared, args,
+seed, err, errlen)`` (``shared``: bytes of dynamic shared memory) and ``emu_signature_f()`` (the parameter kinds,
+checked against the arguments of each launch). The cache lives in ``$GPUCONV_EMU_CACHE`` or a per-user directory
+under the system temp dir; files are written under a temporary name and renamed, so parallel test workers never
+see half a library.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def translation_unit(source: str) -> str:
     if not names:
         raise BuildError('no extern "C" __global__ function in the source')
     wrappers = [
-        f'extern "C" int emu_launch_{n}(const unsigned* g, const unsigned* b, void** a, unsigned long long s, '
-        f"char* e, int el) {{ return ::emu::launch(&{n}, g, b, a, s, e, el); }}\n"
+        f'extern "C" int emu_launch_{n}(const unsigned* g, const unsigned* b, unsigned sh, void** a, '
+        f"unsigned long long s, char* e, int el) {{ return ::emu::launch(&{n}, g, b, sh, a, s, e, el); }}\n"
         f'extern "C" const char* emu_signature_{n}() {{ return ::emu::signature(&{n}); }}'
         for n in names
     ]

@@ -13,7 +13,10 @@
 // shared memory that no thread of this block wrote shows up as NaN. (`__shared__` inside a template
 // function cannot be placed in the section and is not poisoned.) The section holds the shared memory
 // of every kernel in the file, so the 48 KiB per-kernel limit is checked on the PTX instead (see
-// tests/test_cuda_compile.py).
+// tests/test_cuda_compile.py). Dynamic shared memory (the launch's shared-memory bytes, which kernels reach
+// through `dynamic_smem()`, an `extern __shared__` array on the GPU) is a region of exactly that size, rounded
+// up to 16 bytes, that ends at an inaccessible page: poisoned like the static section before each block, and
+// a read or write past its end fails the launch.
 //
 // Warps: lanes are consecutive linear thread indices, 32 to a warp. `__syncwarp()` parks a fiber until every
 // live lane of its warp has reached a warp barrier at the same line (a lane waiting at __syncthreads() or
@@ -22,8 +25,8 @@
 // per thread and performed only when the thread waits for their group, so a read before the wait sees stale
 // shared memory.
 //
-// Not supported, and rejected at compile time where possible: dynamic shared memory (`extern __shared__`),
-// shuffles and votes, atomics, streams, cooperative groups.
+// Not supported, and rejected at compile time where possible: `extern __shared__` written out (kernels call
+// `dynamic_smem()` instead), shuffles and votes, atomics, streams, cooperative groups.
 #pragma once
 
 #define GPUCONV_EMU 1
@@ -89,11 +92,13 @@ constexpr int kExchangeBytes = 128;
 unsigned char* warp_exchange();
 [[noreturn]] void fail(const char* what, const char* file, int line);
 void check_alignment(const void* p, std::size_t align, const char* file, int line);
+// The launch's dynamic shared memory: 16-byte aligned, as many bytes as the launch asked for.
+unsigned char* dynamic_shared();
 
 // ---- the launch interface used by the generated wrappers --------------------------------------------
 using Body = void (*)(void*);
-int run_grid(Body body, void* closure, const unsigned* grid, const unsigned* block, unsigned long long seed,
-             char* err, int errlen);
+int run_grid(Body body, void* closure, const unsigned* grid, const unsigned* block, unsigned shared,
+             unsigned long long seed, char* err, int errlen);
 
 template <class... A, std::size_t... I>
 void invoke(void (*f)(A...), void** args, std::index_sequence<I...>) {
@@ -101,8 +106,8 @@ void invoke(void (*f)(A...), void** args, std::index_sequence<I...>) {
 }
 
 template <class... A>
-int launch(void (*f)(A...), const unsigned* grid, const unsigned* block, void** args, unsigned long long seed,
-           char* err, int errlen) {
+int launch(void (*f)(A...), const unsigned* grid, const unsigned* block, unsigned shared, void** args,
+           unsigned long long seed, char* err, int errlen) {
     struct Closure {
         void (*f)(A...);
         void** args;
@@ -111,7 +116,7 @@ int launch(void (*f)(A...), const unsigned* grid, const unsigned* block, void** 
         auto* cl = static_cast<Closure*>(c);
         invoke(cl->f, cl->args, std::index_sequence_for<A...>{});
     };
-    return run_grid(body, &closure, grid, block, seed, err, errlen);
+    return run_grid(body, &closure, grid, block, shared, seed, err, errlen);
 }
 
 }  // namespace emu
@@ -119,6 +124,9 @@ int launch(void (*f)(A...), const unsigned* grid, const unsigned* block, void** 
 namespace emu {
 inline int lane_id() { return current_thread->linear % 32; }
 }  // namespace emu
+
+// What kernels/common.cuh declares as `extern __shared__` on the GPU.
+inline unsigned char* dynamic_smem() { return ::emu::dynamic_shared(); }
 
 #define threadIdx (::emu::current_thread->thread_idx)
 #define blockIdx (::emu::current_block->block_idx)

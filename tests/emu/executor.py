@@ -34,6 +34,7 @@ class LaunchRecord:
     dtype: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
+    shared: int = 0  # bytes of dynamic shared memory
 
 
 class EmuExecutor:
@@ -92,23 +93,26 @@ class EmuExecutor:
 
     # ---- launches ----------------------------------------------------------------------------------------
     def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Sequence[int],
-               block: Sequence[int], args: Sequence[Any]) -> None:
-        check_launch(kernel, func, grid, block, args)
-        where = f"{kernel}.{func} (params {dict(params)}, dtype {dtype}, grid {tuple(grid)}, block {tuple(block)})"
-        self.run_source(render(kernel, params, dtype), func, grid, block, args, where=where)
-        self.launches.append(LaunchRecord(kernel, func, dict(params), dtype, tuple(grid), tuple(block)))
+               block: Sequence[int], args: Sequence[Any], shared: int = 0) -> None:
+        check_launch(kernel, func, grid, block, args, shared)
+        dynamic = f", {shared} bytes of dynamic shared memory" if shared else ""
+        where = (f"{kernel}.{func} (params {dict(params)}, dtype {dtype}, grid {tuple(grid)}, block {tuple(block)}"
+                 f"{dynamic})")
+        self.run_source(render(kernel, params, dtype), func, grid, block, args, where=where, shared=shared)
+        self.launches.append(LaunchRecord(kernel, func, dict(params), dtype, tuple(grid), tuple(block), shared))
 
     # ---- what gpuconv.cuda.prepared replays through (as CupyExecutor offers it) -----------------------------
-    def function(self, kernel: str, func: str, params: Mapping[str, int], dtype: str) -> Any:
-        """``func`` rendered and built once, as ``call(grid, block, args)``; counted in :attr:`functions`."""
+    def function(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, shared: int = 0) -> Any:
+        """``func`` rendered and built once, as ``call(grid, block, args)`` with ``shared`` bytes of dynamic shared
+        memory; counted in :attr:`functions`."""
         self.functions += 1
         source = render(kernel, params, dtype)
         record = dict(params)
 
         def call(grid: Sequence[int], block: Sequence[int], args: Sequence[Any]) -> None:
             where = f"{kernel}.{func} (params {record}, dtype {dtype}, grid {tuple(grid)}, block {tuple(block)})"
-            self.run_source(source, func, grid, block, args, where=where)
-            self.launches.append(LaunchRecord(kernel, func, record, dtype, tuple(grid), tuple(block)))
+            self.run_source(source, func, grid, block, args, where=where, shared=shared)
+            self.launches.append(LaunchRecord(kernel, func, record, dtype, tuple(grid), tuple(block), shared))
 
         return call
 
@@ -134,8 +138,9 @@ class EmuExecutor:
         return contextlib.nullcontext()
 
     def run_source(self, source: str, func: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
-                   where: str = "") -> None:
-        """Launch ``func`` from CUDA source text (used directly by the tests of the emulation itself)."""
+                   where: str = "", shared: int = 0) -> None:
+        """Launch ``func`` from CUDA source text with ``shared`` bytes of dynamic shared memory (used directly by
+        the tests of the emulation itself)."""
         where = where or f"{func} (grid {tuple(grid)}, block {tuple(block)})"
         try:
             lib = build(source)
@@ -172,9 +177,9 @@ class EmuExecutor:
         b = (ctypes.c_uint * 3)(*[int(v) for v in block])
         err = ctypes.create_string_buffer(4096)
         entry.restype = ctypes.c_int
-        entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_char_p,
-                          ctypes.c_int]
-        rc = entry(g, b, argv, self.seed, err, len(err))
+        entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_ulonglong,
+                          ctypes.c_char_p, ctypes.c_int]
+        rc = entry(g, b, int(shared), argv, self.seed, err, len(err))
         if rc != 0:
             raise KernelError(f"{where}: {err.value.decode(errors='replace')}")
         self._check_redzones(where)

@@ -55,6 +55,11 @@ Fiber* pool[kMaxThreads];
 int pool_size = 0;
 char alt_stack[64 * 1024];
 constexpr int kMaxWarps = kMaxThreads / 32;
+// The running grid's dynamic shared memory: `dynamic_bytes` (the launch's bytes rounded up to 16) ending at
+// `dynamic_guard`, an inaccessible page.
+unsigned char* dynamic_base = nullptr;
+std::size_t dynamic_bytes = 0;
+unsigned char* dynamic_guard = nullptr;
 alignas(16) unsigned char exchange[kMaxWarps][2][32 * kExchangeBytes];
 
 void report(Run* run, const char* fmt, ...) {
@@ -100,7 +105,12 @@ void on_fault(int sig, siginfo_t* info, void*) {
         raise(sig);
         return;
     }
-    report(run, "%s at address %p", sig == SIGSEGV ? "segmentation fault" : "bus error", info->si_addr);
+    const unsigned char* at = static_cast<const unsigned char*>(info->si_addr);
+    if (dynamic_guard != nullptr && at >= dynamic_guard && at < dynamic_guard + sysconf(_SC_PAGESIZE))
+        report(run, "access at byte %zu of dynamic shared memory, past the launch's %zu bytes",
+               dynamic_bytes + static_cast<std::size_t>(at - dynamic_guard), dynamic_bytes);
+    else
+        report(run, "%s at address %p", sig == SIGSEGV ? "segmentation fault" : "bus error", info->si_addr);
     setcontext(&run->scheduler);
 }
 
@@ -146,6 +156,7 @@ bool release_warps(Run* run) {
 // Run one block to completion; returns false after an error (already reported).
 bool run_block(Run* run, unsigned long long& rng, bool shuffle) {
     if (__start_emu_shared != nullptr) std::memset(__start_emu_shared, 0xFF, __stop_emu_shared - __start_emu_shared);
+    if (dynamic_bytes != 0) std::memset(dynamic_base, 0xFF, dynamic_bytes);
     const dim3& bd = run->block.block_dim;
     for (int i = 0; i < run->nthreads; ++i) {
         Fiber* f = run->fibers[i];
@@ -230,6 +241,8 @@ void syncwarp(int line) {
     swapcontext(&f->ctx, &run->scheduler);
 }
 
+unsigned char* dynamic_shared() { return dynamic_base; }
+
 unsigned char* warp_exchange() {
     ThreadState& ts = current_run->running->ts;
     return exchange[ts.linear / 32][ts.collectives++ & 1u];
@@ -249,8 +262,8 @@ void check_alignment(const void* p, std::size_t align, const char* file, int lin
     setcontext(&run->scheduler);
 }
 
-int run_grid(Body body, void* closure, const unsigned* grid, const unsigned* block, unsigned long long seed,
-             char* err, int errlen) {
+int run_grid(Body body, void* closure, const unsigned* grid, const unsigned* block, unsigned shared,
+             unsigned long long seed, char* err, int errlen) {
     std::lock_guard<std::mutex> lock(launch_mutex);
     err[0] = '\0';
     long nthreads = static_cast<long>(block[0]) * block[1] * block[2];
@@ -267,6 +280,20 @@ int run_grid(Body body, void* closure, const unsigned* grid, const unsigned* blo
         }
         pool[pool_size++] = f;
     }
+    // Dynamic shared memory: whole pages with the region at their end, then one inaccessible page.
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    const std::size_t used = (static_cast<std::size_t>(shared) + 15) / 16 * 16;
+    const std::size_t mapped = (used + page - 1) / page * page + page;
+    void* region = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (region == MAP_FAILED) {
+        std::snprintf(err, errlen, "out of memory for %u bytes of dynamic shared memory", shared);
+        return 1;
+    }
+    dynamic_guard = static_cast<unsigned char*>(region) + mapped - page;
+    mprotect(dynamic_guard, page, PROT_NONE);
+    dynamic_bytes = used;
+    dynamic_base = dynamic_guard - used;
+
     Run run{};
     run.nthreads = static_cast<int>(nthreads);
     for (int i = 0; i < run.nthreads; ++i) run.fibers[i] = pool[i];
@@ -305,6 +332,9 @@ int run_grid(Body body, void* closure, const unsigned* grid, const unsigned* blo
     sigaction(SIGSEGV, &old_segv, nullptr);
     sigaction(SIGBUS, &old_bus, nullptr);
     sigaltstack(&old_ss, nullptr);
+    munmap(region, mapped);
+    dynamic_base = dynamic_guard = nullptr;
+    dynamic_bytes = 0;
     return ok ? 0 : 1;
 }
 
