@@ -8,7 +8,11 @@ median. It then fits, for F(4x4) and for F(2x2), the smallest number of tiles (a
 group) from which the strategy is taken, choosing the thresholds that minimize the geometric mean of
 chosen time / best time over the grid, and F(4x4)'s chunk size with the same criterion. A second grid of 5x5
 layers does the same for F(2x2, 5x5) against the GEMM path (``rules["f25"]``). The grids, every time, the
-machine, the load average and the rules go to the JSON file that :mod:`gpuconv.cpu.winograd` reads.
+machine, the load average and the rules go to the JSON file that :mod:`gpuconv.cpu.winograd` reads, as the
+profile of this processor: it replaces one timed on the same processor (vendor, family and model number) and
+leaves the others, so one file holds the fits of every machine it was run on, and the heuristic takes the one
+for the processor it runs on (:func:`gpuconv.cpu.winograd.select_profile`). ``--refit`` refits every stored
+profile from its grid.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ CHANNELS = (16, 32, 64, 128, 256, 512)
 SIZES = (7, 14, 28, 56, 112)
 BATCHES = (1, 8)
 MAX_FLOPS = 8e9  # per layer: keeps the grid to a few minutes on two cores
+NEVER = 10**9  # a threshold no layer reaches
 
 
 def grid() -> list[ConvProblem]:
@@ -105,31 +110,54 @@ def time_layer(problem: ConvProblem, rounds: int, budget_s: float) -> dict[str, 
 
 
 def fit(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Thresholds ``min_tiles`` (and ``min_channels``) per tile size, and F(4x4)'s chunk, minimizing the
-    geometric mean of chosen / best time over ``rows``."""
+    """Per tile size, the number of tiles from which it is taken at each channel count of the grid, and F(4x4)'s
+    chunk, minimizing the geometric mean of chosen / best time over ``rows``.
+
+    One threshold on tiles for every channel count (as the rules first were) cannot follow the grid: on a 2-core
+    AMD EPYC F(4x4) wins from 49 tiles at 256-512 channels but loses at 32 channels with 1,024, and the best single
+    pair of thresholds gave up the wide layers to keep the narrow ones. So each channel count of the grid gets its
+    own thresholds, with the one order that keeps the rule plausible between grid points: the thresholds do not
+    grow with the channels (more channels amortize the transforms over more work per tile). Found by dynamic
+    programming over the channel counts, in increasing order; a rule is ``{"f4": [[channels, min_tiles], ...],
+    "f2": [...], "chunk"}``, and a layer takes the entry of the largest listed channel count at most its own.
+    """
     chunks = winograd.SPACE["chunk"]
 
     def f4_time(r: dict[str, Any], chunk: int) -> float:
         return r["median_s"][f"f4_c{chunk}"]
 
-    def score(rule: dict[str, Any]) -> float:
-        logs = []
-        for r in rows:
-            best = min(r["median_s"].values())
-            logs.append(np.log(choose(rule, r, f4_time) / best))
-        return float(np.exp(np.mean(logs)))
-
     best_chunk = min(chunks, key=lambda ch: float(np.mean([np.log(f4_time(r, ch)) for r in rows])))
-    t4s = sorted({r["tiles4"] for r in rows}) + [10**9]
-    t2s = sorted({r["tiles2"] for r in rows}) + [10**9]
+    t4s = sorted({r["tiles4"] for r in rows}) + [NEVER]
+    t2s = sorted({r["tiles2"] for r in rows}) + [NEVER]
     cs = sorted({r["c"] for r in rows})
-    candidates = ({"chunk": best_chunk, "f4": {"min_tiles": a, "min_channels": b},
-                   "f2": {"min_tiles": c, "min_channels": d}} for a, b, c, d in itertools.product(t4s, cs, t2s, cs))
-    rule = min(candidates, key=score)
-    rule["geomean_chosen_over_best"] = score(rule)
+    states = list(itertools.product(t4s, t2s))
+
+    def cost(c: int, a: int, b: int) -> float:
+        rule = {"chunk": best_chunk, "f4": [[c, a]], "f2": [[c, b]]}
+        return sum(np.log(choose(rule, r, f4_time) / min(r["median_s"].values())) for r in rows if r["c"] == c)
+
+    # best[s]: the least summed log-ratio of the channel counts so far with the current one's thresholds s, and
+    # the thresholds that got there; a state may follow one whose thresholds are both at least its own.
+    best: dict[tuple[int, int], tuple[float, list[tuple[int, int]]]] = {s: (0.0, []) for s in states}
+    for c in cs:
+        step = {}
+        for a, b in states:
+            prev = min((v for (pa, pb), v in best.items() if pa >= a and pb >= b), key=lambda v: v[0])
+            step[(a, b)] = (prev[0] + cost(c, a, b), [*prev[1], (a, b)])
+        best = step
+    total, path = min(best.values(), key=lambda v: v[0])
+    rule: dict[str, Any] = {"chunk": best_chunk, "f4": [[c, a] for c, (a, _) in zip(cs, path)],
+                            "f2": [[c, b] for c, (_, b) in zip(cs, path)]}
+    rule["geomean_chosen_over_best"] = score_rule(rule, rows)
     rule["geomean_gemm_over_best"] = float(np.exp(np.mean([np.log(r["median_s"]["gemm"] / min(r["median_s"].values()))
                                                             for r in rows])))
     return rule
+
+
+def score_rule(rule: dict[str, Any], rows: list[dict[str, Any]]) -> float:
+    """The geometric mean over ``rows`` of the time ``rule`` chooses over the best time."""
+    return float(np.exp(np.mean([np.log(choose(rule, r, lambda r, ch: r["median_s"][f"f4_c{ch}"]) /
+                                        min(r["median_s"].values())) for r in rows])))
 
 
 def fit5(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,9 +183,9 @@ def choose5(rule: dict[str, Any], r: dict[str, Any]) -> float:
 
 
 def choose(rule: dict[str, Any], r: dict[str, Any], f4_time: Callable[[dict[str, Any], int], float]) -> float:
-    if r["tiles4"] >= rule["f4"]["min_tiles"] and r["c"] >= rule["f4"]["min_channels"]:
+    if r["tiles4"] >= winograd.min_tiles(rule["f4"], r["c"]):
         return f4_time(r, rule["chunk"])
-    if r["tiles2"] >= rule["f2"]["min_tiles"] and r["c"] >= rule["f2"]["min_channels"]:
+    if r["tiles2"] >= winograd.min_tiles(rule["f2"], r["c"]):
         return r["median_s"]["f2"]
     return r["median_s"]["gemm"]
 
@@ -169,22 +197,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed rounds per layer")
     parser.add_argument("--refit", action="store_true", help="refit the rules of --out from its stored grid")
     args = parser.parse_args(argv)
+    profiles = load_profiles(args.out)
     if args.refit:
-        with open(args.out) as f:
-            data = json.load(f)
+        for profile in profiles:
+            profile["rules"] = rules(profile)
     else:
         from benchmarks import machine
         load_start = os.getloadavg()
         grids = {"grid": [time_layer(p, args.rounds, args.budget) for p in _progress(grid())],
                  "grid5": [time_layer(p, args.rounds, args.budget) for p in _progress(grid5())]}
-        data = {"machine": {"cpu": machine.cpu_info(), "blas": machine.numpy_blas(), "cores": machine.cores()},
-                "load_start": load_start, "load_end": os.getloadavg(),
-                "command": "python -m benchmarks.winograd_grid", **grids}
-    data["rules"] = {**fit(data["grid"]), "f25": fit5(data["grid5"])}
-    with open(args.out, "w") as f:
-        json.dump(data, f, indent=1)
-    print(json.dumps(data["rules"]))
+        profile = {"machine": {"cpu": processor(machine.cpu_info()), "blas": machine.numpy_blas(),
+                               "cores": machine.cores()},
+                   "load_start": load_start, "load_end": os.getloadavg(),
+                   "command": "python -m benchmarks.winograd_grid", **grids}
+        profile["rules"] = rules(profile)
+        profiles = add_profile(profiles, profile)
+        print(json.dumps(profile["rules"]))
+    tmp = f"{args.out}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"schema": winograd.RULES_SCHEMA, "profiles": profiles}, f, indent=1)
+    os.replace(tmp, args.out)
     return 0
+
+
+def rules(profile: dict[str, Any]) -> dict[str, Any]:
+    """The rules fitted to a profile's 3x3 and 5x5 grids."""
+    return {**fit(profile["grid"]), "f25": fit5(profile["grid5"])}
+
+
+def processor(cpu: dict[str, Any]) -> dict[str, Any]:
+    """``cpu`` with the vendor, family and model number the heuristic matches profiles by, from ``/proc/cpuinfo``
+    where the description lacks them (without py-cpuinfo)."""
+    from gpuconv.cpu import _machine
+
+    ident = _machine.cpu_identity()
+    return {**cpu, **{k: ident[k] for k in ("vendor", "family", "model_number") if cpu.get(k) is None}}
+
+
+def load_profiles(path: str) -> list[dict[str, Any]]:
+    """The profiles stored at ``path``; none where there is no file yet."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return []
+    if data.get("schema") != winograd.RULES_SCHEMA:
+        raise SystemExit(f"{path}: schema {data.get('schema')!r}, this tool writes {winograd.RULES_SCHEMA}")
+    return list(data["profiles"])
+
+
+def add_profile(profiles: list[dict[str, Any]], profile: dict[str, Any]) -> list[dict[str, Any]]:
+    """``profiles`` with ``profile`` in place of the one timed on the same processor, else appended (the first
+    stays first: it is the rules of processors no profile was timed on)."""
+    cpu = profile["machine"]["cpu"]
+    for i, old in enumerate(profiles):
+        if winograd.same_processor(old["machine"]["cpu"], cpu):
+            return [*profiles[:i], profile, *profiles[i + 1:]]
+    return [*profiles, profile]
 
 
 def _progress(problems: list[ConvProblem]) -> Iterator[ConvProblem]:

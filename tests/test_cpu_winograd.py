@@ -135,7 +135,7 @@ def test_scratch_is_not_shared_between_results() -> None:
 
 
 def test_public_api_and_heuristic() -> None:
-    side = 4 * int(np.ceil(np.sqrt(winograd.RULES["f4"]["min_tiles"])))     # enough F(4x4) tiles for the rules
+    side = 4 * int(np.ceil(np.sqrt(winograd.min_tiles(winograd.RULES["f4"], 128))))  # enough F(4x4) tiles
     case = Case((1, 128, side, side), (128, 128, 3, 3), padding=1)
     problem = case.problem("float32")
     assert cpu.heuristic(problem).strategy == "winograd"
@@ -436,3 +436,75 @@ def test_drawn_problems_match_reference_and_torch(case: Case, dtype: str, seed: 
         assert_matches(out, expected, problem)
         if torch is not None and problem.n > 0 and dtype != "float16":
             assert_matches(out, _torch(case, x, w, b).astype(dtype), problem)
+
+
+# ---- the rules: one profile per processor the grid was timed on ---------------------------------------------
+
+def _profile(vendor: str, family: int, model: int, min_tiles: int) -> dict:
+    cpu = {"model": f"{vendor} {family}/{model}", "vendor": vendor, "family": family, "model_number": model}
+    return {"machine": {"cpu": cpu}, "rules": {"f4": {"min_tiles": min_tiles}}}
+
+
+def test_rules_profile_follows_the_processor() -> None:
+    intel, amd, amd_other = _profile("GenuineIntel", 6, 167, 49), _profile("AuthenticAMD", 25, 17, 196), \
+        _profile("AuthenticAMD", 25, 1, 98)
+    profiles = [intel, amd_other, amd]
+    assert winograd.select_profile(profiles, {"vendor": "AuthenticAMD", "family": 25, "model_number": 17}) is amd
+    assert winograd.select_profile(profiles, {"vendor": "AuthenticAMD", "family": 23, "model_number": 49}) \
+        is amd_other  # no profile of this part: the first of its vendor
+    assert winograd.select_profile(profiles, {"vendor": "CentaurHauls", "family": 7, "model_number": 1}) is intel
+    assert winograd.select_profile(profiles, {"vendor": None, "family": None, "model_number": None}) is intel
+    with pytest.raises(ValueError, match="no profile"):
+        winograd.select_profile([], {})
+
+
+def test_shipped_rules_hold_a_profile_for_this_processor_or_the_default() -> None:
+    import json
+
+    from benchmarks import winograd_grid
+    from gpuconv.cpu import _machine
+
+    data = json.loads(winograd.RULES_PATH.read_text())
+    assert data["schema"] == winograd.RULES_SCHEMA and data["profiles"]
+    ident = _machine.cpu_identity()
+    timed_here = [p for p in data["profiles"] if winograd.same_processor(p["machine"]["cpu"], ident)]
+    assert winograd.PROFILE == (timed_here[0] if timed_here else winograd.select_profile(data["profiles"], ident))
+    for profile in data["profiles"]:  # every profile's rules are what its stored grid fits
+        assert winograd_grid.rules(profile) == profile["rules"], profile["machine"]["cpu"]
+
+
+def test_rules_thresholds_per_channel_count() -> None:
+    table = [[16, 10**9], [32, 392], [256, 49]]
+    assert [winograd.min_tiles(table, c) for c in (8, 16, 31, 32, 255, 256, 4096)] == \
+        [np.inf, 10**9, 10**9, 392, 392, 49, 49]
+    for profile_rules in (winograd.RULES,):
+        for key in ("f4", "f2"):
+            tiles = [t for _, t in profile_rules[key]]
+            assert tiles == sorted(tiles, reverse=True), f"{key} thresholds must not grow with the channels"
+
+
+def test_grid_fit_follows_each_channel_count() -> None:
+    """A grid where F(4x4) wins at 256 channels from few tiles and loses at 32 channels however many: one pair of
+    thresholds cannot have both; the per-channel fit does, and its thresholds do not grow with the channels."""
+    from benchmarks.winograd_grid import fit
+
+    rows = []
+    for c, tiles, f4_wins in ((32, 64, False), (32, 1024, False), (256, 49, True), (256, 16, False),
+                              (64, 1024, True), (64, 49, False)):
+        f4 = 1.0 if f4_wins else 2.0
+        rows.append({"c": c, "tiles4": tiles, "tiles2": 4 * tiles, "median_s": {
+            "gemm": 1.5, "f2": 3.0, **{f"f4_c{ch}": f4 for ch in winograd.SPACE["chunk"]}}})
+    rule = fit(rows)
+    assert rule["geomean_chosen_over_best"] == pytest.approx(1.0)
+    assert winograd.min_tiles(rule["f4"], 256) <= 49 and winograd.min_tiles(rule["f4"], 32) > 1024
+    assert 49 < winograd.min_tiles(rule["f4"], 64) <= 1024
+
+
+def test_grid_tool_replaces_the_profile_of_its_processor() -> None:
+    from benchmarks.winograd_grid import add_profile
+
+    intel, amd = _profile("GenuineIntel", 6, 167, 49), _profile("AuthenticAMD", 25, 17, 196)
+    again = _profile("AuthenticAMD", 25, 17, 392)
+    assert add_profile([intel], amd) == [intel, amd]
+    assert add_profile([intel, amd], again) == [intel, again]
+    assert add_profile([amd, intel], _profile("GenuineIntel", 6, 85, 64))[:2] == [amd, intel]

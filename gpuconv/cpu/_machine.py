@@ -31,6 +31,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+@functools.cache
+def cpu_identity() -> dict[str, str | int | None]:
+    """``vendor`` (``vendor_id``), ``family`` and ``model_number`` (``cpu family``, ``model``) and ``model`` (the
+    model name) of the processor, from ``/proc/cpuinfo`` on Linux; None where a field is not there."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+
+    def number(key: str) -> int | None:
+        return int(fields[key]) if fields.get(key, "").isdigit() else None
+
+    return {"vendor": fields.get("vendor_id"), "family": number("cpu family"), "model_number": number("model"),
+            "model": fields.get("model name") or cpu_model()}
+
+
 def cores() -> int:
     """CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

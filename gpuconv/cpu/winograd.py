@@ -44,13 +44,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..problem import ConvProblem
 from ..strategy import Params
-from . import _scratch
+from . import _machine, _scratch
 from . import im2col as _im2col
 from . import winograd_gemm as _gemm
 
@@ -126,20 +126,72 @@ def _chunked(tile: int, problem: ConvProblem | None) -> bool:
 CONSTRAINTS = (tile_offered, f4_accurate, chunk_matters)
 
 
-def _load_rules() -> dict[str, Any]:
-    with open(Path(__file__).with_name("winograd_rules.json")) as f:
-        return json.load(f)["rules"]
+#: ``winograd_rules.json``: ``{"schema": 2, "profiles": [...]}``, one profile per processor the grid was timed on.
+RULES_PATH = Path(__file__).with_name("winograd_rules.json")
+RULES_SCHEMA = 2
 
 
-#: Where each tile pays against the GEMM path, fitted by ``python -m benchmarks.winograd_grid`` to timings of
-#: a grid of 3x3 layers (stored beside the rules in ``winograd_rules.json`` with the machine and its load):
-#: ``{"f4": {"min_tiles", "min_channels"}, "f2": {...}, "chunk"}``, tiles counted over the whole batch.
-RULES = _load_rules()
+def same_processor(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two processor descriptions (``vendor``, ``family``, ``model_number``) name the same part."""
+    keys = ("vendor", "family", "model_number")
+    return all(a.get(k) is not None for k in keys) and all(a.get(k) == b.get(k) for k in keys)
+
+
+def select_profile(profiles: Sequence[Mapping[str, Any]], cpu: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The profile timed on ``cpu`` (same vendor, family and model number), else the first of the same vendor,
+    else the first: where Winograd pays moves with the processor (on a 2-core AMD EPYC, family 25 model 17,
+    im2col beat F(4x4) on 32-channel 128 x 128 layers that it loses on a 2-core Intel Xeon, family 6 model 167).
+
+    Raises:
+        ValueError: no profile.
+    """
+    if not profiles:
+        raise ValueError("winograd rules: no profile")
+    for match in (lambda m: same_processor(m, cpu), lambda m: m.get("vendor") is not None
+                  and m.get("vendor") == cpu.get("vendor")):
+        for profile in profiles:
+            if match(profile["machine"]["cpu"]):
+                return profile
+    return profiles[0]
+
+
+def _load_rules() -> Mapping[str, Any]:
+    with open(RULES_PATH) as f:
+        data = json.load(f)
+    if data.get("schema") != RULES_SCHEMA:
+        raise ValueError(f"{RULES_PATH}: schema must be {RULES_SCHEMA}, got {data.get('schema')!r}")
+    return select_profile(data["profiles"], _machine.cpu_identity())
+
+
+#: The profile of ``winograd_rules.json`` for this processor (:func:`select_profile`): the grid of 3x3 and 5x5
+#: layers ``python -m benchmarks.winograd_grid`` timed, the machine and its load, and the rules fitted to it.
+PROFILE = _load_rules()
+
+#: Where each tile pays against the GEMM path on this processor (``PROFILE["rules"]``): ``{"f4": [[channels,
+#: min_tiles], ...], "f2": [...], "chunk"}``, per channel count of the grid the tiles (over the whole batch) from
+#: which the tile is taken (see :func:`min_tiles`).
+RULES = PROFILE["rules"]
+
+
+def min_tiles(table: Sequence[Sequence[int]], channels: int) -> float:
+    """The threshold of ``table`` (``[[channels, min_tiles], ...]``, channels increasing) for a layer of ``channels``
+    input channels per group: the entry of the largest listed channel count at most ``channels``; infinite below
+    the first.
+
+    Example:
+        >>> min_tiles([[16, 10**9], [32, 392], [256, 49]], 128)
+        392
+    """
+    found: float = math.inf
+    for c, tiles in table:
+        if channels >= c:
+            found = tiles
+    return found
 
 
 #: Where F(2x2, 5x5) beats im2col: ``{"min_tiles", "min_channels", "chunk"}``, fitted by the same command to a grid
-#: of 5x5 layers (``rules["f25"]`` of ``winograd_rules.json``; on a quiet 2-core Intel Xeon, against im2col in
-#: 8 MiB column chunks, it won from 32 channels and 196 tiles).
+#: of 5x5 layers (``rules["f25"]`` of the profile; on a quiet 2-core Intel Xeon, against im2col in 8 MiB column
+#: chunks, it won from 32 channels and 196 tiles).
 F25_RULE = RULES["f25"]
 
 
@@ -151,10 +203,10 @@ def preferred_tile(problem: ConvProblem) -> int | None:
         return 2 if problem.cg >= F25_RULE["min_channels"] and count >= F25_RULE["min_tiles"] else None
     if not supports_3x3(problem):
         return None
-    for tile, rule in ((4, RULES["f4"]), (2, RULES["f2"])):
+    for tile, table in ((4, RULES["f4"]), (2, RULES["f2"])):
         count = problem.n * math.prod(_gemm.tiles(problem, tile))
         accurate = f4_accurate({"tile": tile}, problem)
-        if accurate and problem.cg >= rule["min_channels"] and count >= rule["min_tiles"]:
+        if accurate and count >= min_tiles(table, problem.cg):
             return tile
     return None
 
