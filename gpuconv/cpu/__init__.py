@@ -207,9 +207,10 @@ def _winograd_pays(problem: ConvProblem) -> bool:
 
     The thresholds are data (``gpuconv/cpu/winograd_rules.json``), fitted by ``python -m benchmarks.winograd_grid``
     to a grid of 3x3 layers timed against im2col in 8 MiB column chunks, one profile per processor it was timed on:
-    a quiet 2-core Intel Xeon (family 6 model 167, AVX-512; F(4x4) from 49 tiles and 32 channels) and a 2-core
-    AMD EPYC (family 25 model 17, AVX-512; from 196 tiles and 64 channels); a processor without a profile of its
-    own takes its vendor's, else the Intel one (:func:`gpuconv.cpu.winograd.select_profile`), and
+    a quiet 2-core Intel Xeon (family 6 model 167, AVX-512; F(4x4) from 392 tiles at 32 channels, 49 from 64) and
+    a 2-core AMD EPYC (family 25 model 17, AVX-512; from 392 tiles at 64 channels, 196 at 128, 49 from 256), each
+    threshold per channel count of the grid; a processor without a profile of its own takes its vendor's, else
+    the Intel one (:func:`gpuconv.cpu.winograd.select_profile`), and
     :func:`gpuconv.cpu.winograd.preferred_tile` applies them. Few tiles
     lose: each of the 36 (16) products then reads a transformed filter as large as 4x (1.8x) the weights for a
     handful of rows (ResNet-50 res5, 512 channels at 7x7 and batch 1).
