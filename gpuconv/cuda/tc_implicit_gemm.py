@@ -145,7 +145,7 @@ _PREFERRED: tuple[tuple[int, int, int, int], ...] = (
     (64, 32, 2, 1),
     (32, 32, 1, 1),
 )
-_PIPELINES = ((32, 3), (32, 2), (16, 4), (16, 3), (16, 2))  # (BK, STAGES), preferred first
+_PIPELINES = ((32, 4), (32, 3), (32, 2), (16, 4), (16, 3), (16, 2))  # (BK, STAGES), preferred first
 
 
 def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict[str, int]:
@@ -154,9 +154,10 @@ def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict
     for the tile, :func:`~gpuconv.cuda.occupancy.variant_blocks_per_sm`); the smallest valid one otherwise.
 
     Each tile takes, of the preferred pipelines whose shared memory the device gives a block, one with the most
-    resident blocks, the earliest preferred among those: a third stage of the float16 128 x 128 tile takes 159
-    registers instead of 126, which leaves one block per SM on sm_90 instead of two, and another block's warps
-    hide a barrier that a deeper pipeline in one block cannot (an order not yet timed on a GPU)."""
+    resident blocks, the earliest preferred (deepest) among those: another block's warps hide a barrier that a
+    deeper pipeline in one block cannot, so residency comes first. For float16 at 128 x 128 x 32 on sm_90 four
+    stages take 128 registers (two blocks) and three take 130 (one), so four it is; an order not yet timed on
+    a GPU."""
     dev = device if device is not None else current_device()
     smem_block = limits(dev.cc).smem_block
     ncols = problem.n * problem.p * problem.q
