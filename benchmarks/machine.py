@@ -159,9 +159,18 @@ def machine_info(backend: str) -> dict[str, Any]:
 
 
 def slug(backend: str) -> str:
-    """A short directory name for this machine: the GPU name on ``cuda``, else CPU model and core count."""
-    gpu = gpu_info() if backend == "cuda" else None
-    text = gpu["name"] if gpu else f"{cpu_info()['model']}-{cores()}c"
+    """A short directory name for this machine: the GPU name on ``cuda``, else the CPU model name, its family and
+    model numbers and the core count (``amd-epyc-f25m17-2c``): one model name covers processors as different as
+    an AVX2-only and an AVX-512 EPYC, whose figures must not share a directory."""
+    if backend == "cuda" and (gpu := gpu_info()):
+        text = gpu["name"]
+    else:
+        from gpuconv.cpu import _machine
+
+        ident = _machine.cpu_identity()
+        part = f"-f{ident['family']}m{ident['model_number']}" if ident["family"] is not None and \
+            ident["model_number"] is not None else ""
+        text = f"{cpu_info()['model']}{part}-{cores()}c"
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "machine"
 
 

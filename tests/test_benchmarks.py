@@ -249,3 +249,20 @@ def test_winograd_grid_fits_the_5x5_threshold_the_timings_imply() -> None:
     rule = winograd_grid.fit5(rows)
     assert (rule["min_channels"], rule["min_tiles"], rule["chunk"]) == (48, 100, 16)
     assert rule["geomean_chosen_over_best"] == pytest.approx(1.0)
+
+
+def test_result_directory_names_the_processor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processors of one model name (an AVX2 and an AVX-512 EPYC) get two result directories."""
+    from benchmarks import machine
+    from gpuconv.cpu import _machine
+
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "AMD EPYC"})
+    monkeypatch.setattr(machine, "cores", lambda: 2)
+    names = set()
+    for model in (1, 17):
+        monkeypatch.setattr(_machine, "cpu_identity",
+                            lambda model=model: {"vendor": "AuthenticAMD", "family": 25, "model_number": model})
+        names.add(machine.slug("cpu"))
+    assert names == {"amd-epyc-f25m1-2c", "amd-epyc-f25m17-2c"}
+    monkeypatch.setattr(_machine, "cpu_identity", lambda: {"vendor": None, "family": None, "model_number": None})
+    assert machine.slug("cpu") == "amd-epyc-2c"
