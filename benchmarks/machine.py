@@ -56,6 +56,10 @@ def cpu_info() -> dict[str, Any]:
                 flags = set(found.group(1).split())
         except OSError:
             pass
+    from gpuconv.cpu import _machine
+
+    ident = _machine.cpu_identity()  # what the Winograd profiles are matched by, whichever source answered
+    info.update({k: v for k, v in ident.items() if info.get(k) is None})
     info["flags"] = [f for f in _FLAGS if f in flags]
     return info
 
@@ -165,12 +169,10 @@ def slug(backend: str) -> str:
     if backend == "cuda" and (gpu := gpu_info()):
         text = gpu["name"]
     else:
-        from gpuconv.cpu import _machine
-
-        ident = _machine.cpu_identity()
-        part = f"-f{ident['family']}m{ident['model_number']}" if ident["family"] is not None and \
-            ident["model_number"] is not None else ""
-        text = f"{cpu_info()['model']}{part}-{cores()}c"
+        cpu = cpu_info()
+        part = f"-f{cpu['family']}m{cpu['model_number']}" if cpu.get("family") is not None and \
+            cpu.get("model_number") is not None else ""
+        text = f"{cpu['model']}{part}-{cores()}c"
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "machine"
 
 

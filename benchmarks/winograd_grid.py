@@ -122,10 +122,6 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, Any]:
     "f2": [...], "chunk"}``, and a layer takes the entry of the largest listed channel count at most its own.
     """
     chunks = winograd.SPACE["chunk"]
-
-    def f4_time(r: dict[str, Any], chunk: int) -> float:
-        return r["median_s"][f"f4_c{chunk}"]
-
     best_chunk = min(chunks, key=lambda ch: float(np.mean([np.log(f4_time(r, ch)) for r in rows])))
     t4s = sorted({r["tiles4"] for r in rows}) + [NEVER]
     t2s = sorted({r["tiles2"] for r in rows}) + [NEVER]
@@ -145,7 +141,7 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, Any]:
             prev = min((v for (pa, pb), v in best.items() if pa >= a and pb >= b), key=lambda v: v[0])
             step[(a, b)] = (prev[0] + cost(c, a, b), [*prev[1], (a, b)])
         best = step
-    total, path = min(best.values(), key=lambda v: v[0])
+    _, path = min(best.values(), key=lambda v: v[0])
     rule: dict[str, Any] = {"chunk": best_chunk, "f4": [[c, a] for c, (a, _) in zip(cs, path)],
                             "f2": [[c, b] for c, (_, b) in zip(cs, path)]}
     rule["geomean_chosen_over_best"] = score_rule(rule, rows)
@@ -154,10 +150,14 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return rule
 
 
+def f4_time(r: dict[str, Any], chunk: int) -> float:
+    """A grid row's F(4x4) time at ``chunk``."""
+    return r["median_s"][f"f4_c{chunk}"]
+
+
 def score_rule(rule: dict[str, Any], rows: list[dict[str, Any]]) -> float:
     """The geometric mean over ``rows`` of the time ``rule`` chooses over the best time."""
-    return float(np.exp(np.mean([np.log(choose(rule, r, lambda r, ch: r["median_s"][f"f4_c{ch}"]) /
-                                        min(r["median_s"].values())) for r in rows])))
+    return float(np.exp(np.mean([np.log(choose(rule, r, f4_time) / min(r["median_s"].values())) for r in rows])))
 
 
 def fit5(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_start = os.getloadavg()
         grids = {"grid": [time_layer(p, args.rounds, args.budget) for p in _progress(grid())],
                  "grid5": [time_layer(p, args.rounds, args.budget) for p in _progress(grid5())]}
-        profile = {"machine": {"cpu": processor(machine.cpu_info()), "blas": machine.numpy_blas(),
+        profile = {"machine": {"cpu": machine.cpu_info(), "blas": machine.numpy_blas(),
                                "cores": machine.cores()},
                    "load_start": load_start, "load_end": os.getloadavg(),
                    "command": "python -m benchmarks.winograd_grid", **grids}
@@ -223,15 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def rules(profile: dict[str, Any]) -> dict[str, Any]:
     """The rules fitted to a profile's 3x3 and 5x5 grids."""
     return {**fit(profile["grid"]), "f25": fit5(profile["grid5"])}
-
-
-def processor(cpu: dict[str, Any]) -> dict[str, Any]:
-    """``cpu`` with the vendor, family and model number the heuristic matches profiles by, from ``/proc/cpuinfo``
-    where the description lacks them (without py-cpuinfo)."""
-    from gpuconv.cpu import _machine
-
-    ident = _machine.cpu_identity()
-    return {**cpu, **{k: ident[k] for k in ("vendor", "family", "model_number") if cpu.get(k) is None}}
 
 
 def load_profiles(path: str) -> list[dict[str, Any]]:

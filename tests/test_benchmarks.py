@@ -253,16 +253,24 @@ def test_winograd_grid_fits_the_5x5_threshold_the_timings_imply() -> None:
 
 def test_result_directory_names_the_processor(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two processors of one model name (an AVX2 and an AVX-512 EPYC) get two result directories."""
+    import sys
+
     from benchmarks import machine
     from gpuconv.cpu import _machine
 
-    monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "AMD EPYC"})
     monkeypatch.setattr(machine, "cores", lambda: 2)
     names = set()
     for model in (1, 17):
-        monkeypatch.setattr(_machine, "cpu_identity",
-                            lambda model=model: {"vendor": "AuthenticAMD", "family": 25, "model_number": model})
+        monkeypatch.setattr(machine, "cpu_info",
+                            lambda model=model: {"model": "AMD EPYC", "family": 25, "model_number": model})
         names.add(machine.slug("cpu"))
     assert names == {"amd-epyc-f25m1-2c", "amd-epyc-f25m17-2c"}
-    monkeypatch.setattr(_machine, "cpu_identity", lambda: {"vendor": None, "family": None, "model_number": None})
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "AMD EPYC", "family": None, "model_number": None})
     assert machine.slug("cpu") == "amd-epyc-2c"
+    # Without py-cpuinfo the description still carries the numbers, from /proc/cpuinfo.
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "cpuinfo", None)
+    monkeypatch.setattr(_machine, "cpu_identity",
+                        lambda: {"vendor": "AuthenticAMD", "family": 25, "model_number": 17})
+    info = machine.cpu_info()
+    assert (info["vendor"], info["family"], info["model_number"]) == ("AuthenticAMD", 25, 17)

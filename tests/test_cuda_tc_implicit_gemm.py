@@ -22,7 +22,7 @@ from helpers import CASES, Case, assert_matches, random_inputs, sample_product
 from gpuconv.cuda import STRATEGIES, heuristic, tc_implicit_gemm
 from gpuconv.cuda.compile import KernelError, compile_ptx
 from gpuconv.cuda.executor import MAX_DYNAMIC_SHARED
-from gpuconv.cuda.occupancy import LIMITS, Device, variant_blocks_per_sm
+from gpuconv.cuda.occupancy import LIMITS, Device
 from gpuconv.problem import ConvProblem, make_problem
 from gpuconv.reference import run_problem
 
@@ -192,12 +192,6 @@ def test_pipeline_fills_the_launch_shared_memory(monkeypatch: pytest.MonkeyPatch
         check(case, "float16", params)
 
 
-def _resident(point: dict[str, int], dtype: str, cc: tuple[int, int]) -> int:
-    return variant_blocks_per_sm(Device(132, cc), tc_implicit_gemm.KERNEL, tc_implicit_gemm.FUNC, point, dtype,
-                                 tc_implicit_gemm.threads(point), 0,
-                                 dynamic_smem=tc_implicit_gemm.smem_bytes(point, dtype))
-
-
 def test_heuristic_keeps_to_each_device_shared_memory() -> None:
     """The heuristic's pipeline fits the block limit of every compute capability it knows (99 KiB on sm_86/89),
     and no other pipeline of its tile that fits keeps more blocks resident."""
@@ -213,7 +207,8 @@ def test_heuristic_keeps_to_each_device_shared_memory() -> None:
             others = [{**params, "BK": bk, "STAGES": st} for bk, st in tc_implicit_gemm._PIPELINES]
             fitting = [o for o in others if STRATEGY.valid(o, p) and
                        tc_implicit_gemm.smem_bytes(o, dtype) <= lim.smem_block]
-            assert _resident(params, dtype, cc) == max(_resident(o, dtype, cc) for o in fitting), (cc, dtype, params)
+            assert tc_implicit_gemm.resident_blocks(params, dtype, Device(132, cc)) == \
+                max(tc_implicit_gemm.resident_blocks(o, dtype, Device(132, cc)) for o in fitting), (cc, dtype, params)
 
 
 def test_space_is_data() -> None:

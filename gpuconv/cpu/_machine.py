@@ -33,8 +33,8 @@ def cpu_model() -> str:
 
 @functools.cache
 def cpu_identity() -> dict[str, str | int | None]:
-    """``vendor`` (``vendor_id``), ``family`` and ``model_number`` (``cpu family``, ``model``) and ``model`` (the
-    model name) of the processor, from ``/proc/cpuinfo`` on Linux; None where a field is not there."""
+    """``vendor`` (``vendor_id``), ``family`` and ``model_number`` (``cpu family``, ``model``) of the processor, from
+    ``/proc/cpuinfo`` on Linux; None where a field is not there."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -49,8 +49,7 @@ def cpu_identity() -> dict[str, str | int | None]:
     def number(key: str) -> int | None:
         return int(fields[key]) if fields.get(key, "").isdigit() else None
 
-    return {"vendor": fields.get("vendor_id"), "family": number("cpu family"), "model_number": number("model"),
-            "model": fields.get("model name") or cpu_model()}
+    return {"vendor": fields.get("vendor_id"), "family": number("cpu family"), "model_number": number("model")}
 
 
 def cores() -> int:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from .compile import KernelError
+from .occupancy import LIMITS
 from .source import INT32_MAX
 
 Dim3 = tuple[int, int, int]
@@ -21,7 +22,7 @@ MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (INT32_MAX, 65535, 65535)
 #: The most dynamic shared memory a block may ask for on any device gpuconv supports (sm_90's opt-in limit, 227
 #: KiB); a device's own, smaller limit is enforced by the driver when the function is prepared.
-MAX_DYNAMIC_SHARED = 227 * 1024
+MAX_DYNAMIC_SHARED = max(lim.smem_block for lim in LIMITS.values())
 #: Dynamic shared memory a launch may use without opting the function in (``cudaFuncSetAttribute``).
 PORTABLE_SHARED = 48 * 1024
 

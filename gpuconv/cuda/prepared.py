@@ -110,10 +110,10 @@ class _Recorder:
     def launch(self, kernel: str, func: str, params: Mapping[str, int], dtype: str, grid: Any, block: Any,
                args: Any, shared: int = 0) -> None:
         check_launch(kernel, func, grid, block, args, shared)
-        key = (kernel, func, tuple(sorted(params.items())), dtype)
-        call = self._functions.get((*key, shared))
+        key = (kernel, func, tuple(sorted(params.items())), dtype, shared)
+        call = self._functions.get(key)
         if call is None:
-            call = self._functions[(*key, shared)] = self._ex.function(kernel, func, params, dtype, int(shared))
+            call = self._functions[key] = self._ex.function(kernel, func, params, dtype, int(shared))
         ex = self._ex
         packed, slots = [ex.pack(a) for a in args], []
         for i, a in enumerate(args):

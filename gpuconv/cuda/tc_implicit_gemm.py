@@ -90,6 +90,12 @@ def _fits_smem(params: Params, problem: ConvProblem | None) -> bool:
     return all(smem_bytes(params, d) <= MAX_DYNAMIC_SHARED for d in dtypes)
 
 
+def resident_blocks(params: Params, dtype: str, device: Device) -> int:
+    """Blocks per SM of a variant on ``device``, its pipeline's dynamic shared memory included."""
+    return variant_blocks_per_sm(device, KERNEL, FUNC, params, dtype, threads(params), 0,
+                                 dynamic_smem=smem_bytes(params, dtype))
+
+
 def _pack_grid(total: int) -> tuple[int, int, int]:
     return (max(1, min(-(-total // PACK_THREADS), 8 * sm_count())), 1, 1)
 
@@ -170,8 +176,7 @@ def heuristic_params(problem: ConvProblem, device: Device | None = None) -> dict
             params = {"BM": bm, "BN": bn, "BK": bk, "WM": wm, "WN": wn, "STAGES": stages}
             if not STRATEGY.valid(params, problem) or smem_bytes(params, problem.dtype) > smem_block:
                 continue
-            per_sm = variant_blocks_per_sm(dev, KERNEL, FUNC, params, problem.dtype, threads(params), 0,
-                                           dynamic_smem=smem_bytes(params, problem.dtype))
+            per_sm = resident_blocks(params, problem.dtype, dev)
             if best is None or per_sm > best[0]:
                 best = (per_sm, params)
         if best is None:

@@ -125,7 +125,7 @@ namespace emu {
 inline int lane_id() { return current_thread->linear % 32; }
 }  // namespace emu
 
-// What kernels/common.cuh declares as `extern __shared__` on the GPU.
+// What kernels/dynamic_smem.cuh declares as an `extern __shared__` array on the GPU.
 inline unsigned char* dynamic_smem() { return ::emu::dynamic_shared(); }
 
 #define threadIdx (::emu::current_thread->thread_idx)
